@@ -1,0 +1,36 @@
+"""The ``xmem`` command: a thin Click group, one module per command.
+
+Commands parse their options and call one function; every ``XmemError`` becomes a message
+on stderr and exit code 2 here, in one place. Heavy imports (torch, ray, mlflow) happen
+inside the commands, so ``xmem --help`` and spec validation stay fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from workers.errors import XmemError
+
+
+class XmemGroup(click.Group):
+    """Maps user errors to exit code 2 with a message and no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except XmemError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=XmemGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="xmem")
+def main() -> None:
+    """Sweep initialization scale vs. extreme memorization on Ray Tune, tracked in MLflow."""
+
+
+def _register() -> None:
+    from orchestrator.cli import trial  # noqa: F401  (commands register themselves on import)
+
+
+_register()

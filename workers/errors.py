@@ -1,0 +1,34 @@
+"""User-facing errors. The CLI turns every ``XmemError`` into a message and exit code 2."""
+
+from __future__ import annotations
+
+
+class XmemError(Exception):
+    """Base class of errors caused by the user's input or environment (not by a bug).
+
+    ``str(error)`` is the whole message shown to the user: what was wrong, where, what is
+    valid, and what to do next.
+    """
+
+
+class ConfigError(XmemError):
+    """One or more problems in a trial config or sweep spec, all reported together.
+
+    Attributes:
+        problems: one line per problem, each naming the key and the valid choices.
+        source: where the config came from (a file path, ``--set``, ...).
+    """
+
+    def __init__(self, problems: list[str], source: str = "trial config", hint: str = ""):
+        self.problems = list(problems)
+        self.source = source
+        self.hint = hint
+        lines = [f"{source}: {len(self.problems)} problem(s):"]
+        lines += [f"  - {p}" for p in self.problems]
+        if hint:
+            lines.append(hint)
+        super().__init__("\n".join(lines))
+
+
+class DatasetUnavailable(XmemError):
+    """A dataset's files are missing or unreadable (e.g. offline without a download)."""
