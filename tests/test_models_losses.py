@@ -19,7 +19,7 @@ def _config(**values) -> TrialConfig:
 @pytest.mark.parametrize("sigma", [0.001, 0.1, 10.0])
 def test_first_layer_std_is_sigma_and_top_is_glorot(sigma):
     model = build_model(_config(sigma=sigma, hidden=512), (3, 8, 8), 10)
-    w1 = model.hidden.weight
+    w1 = model.hidden.weight.detach()
     assert w1.shape == (512, 192)
     assert float(w1.mean()) == pytest.approx(0.0, abs=4 * sigma / math.sqrt(w1.numel()))
     assert float(w1.std()) == pytest.approx(sigma, rel=0.02)

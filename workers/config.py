@@ -170,56 +170,61 @@ def _coerce(annotation: Any, value: Any) -> Any:
     return value
 
 
-def config_problems(values: Mapping[str, Any]) -> list[str]:
-    """Every problem with ``values`` as trial config keys (empty list when valid)."""
-    problems: list[str] = []
-    types = _field_types()
+def key_problems(key: Any, value: Any) -> list[str]:
+    """Problems with one trial key and its value alone (no cross-key rules)."""
     fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
-    for key, value in values.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"unknown key '{key}'{suggestion}; valid keys: {', '.join(fields)}")
-            continue
-        kind, nullable = _base_type(types[key])
-        meta = fields[key].metadata
-        if value is None:
-            if not nullable:
-                problems.append(f"'{key}' must not be null; expected {kind.__name__}")
-            continue
-        if not _type_ok(kind, value):
-            expected = kind.__name__ + (" or null" if nullable else "")
-            problems.append(f"'{key}' must be {expected}, got {type(value).__name__} {value!r}")
-            continue
-        if meta["choices"] and value not in meta["choices"]:
-            problems.append(f"'{key}' is {value!r}; valid choices: {', '.join(meta['choices'])}")
-        minimum = meta["minimum"]
-        if minimum is not None:
-            if meta["exclusive"] and not value > minimum:
-                problems.append(f"'{key}' must be > {minimum:g}, got {value!r}")
-            elif not meta["exclusive"] and not value >= minimum:
-                problems.append(f"'{key}' must be >= {minimum:g}, got {value!r}")
-    if not problems:
-        merged = {f.name: f.default for f in fields.values()} | dict(values)
-        if merged["model"] == "convnet" and merged["dataset"] == "digits":
-            problems.append("'model' convnet needs images of at least 20x20 pixels and dataset "
-                            "digits has 8x8: use model mlp, or dataset cifar10/cifar100/svhn")
+    if key not in fields:
+        close = difflib.get_close_matches(str(key), fields, n=1)
+        suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+        return [f"unknown key '{key}'{suggestion}; valid keys: {', '.join(fields)}"]
+    kind, nullable = _base_type(_field_types()[key])
+    meta = fields[key].metadata
+    if value is None:
+        return [] if nullable else [f"'{key}' must not be null; expected {kind.__name__}"]
+    if not _type_ok(kind, value):
+        expected = kind.__name__ + (" or null" if nullable else "")
+        return [f"'{key}' must be {expected}, got {type(value).__name__} {value!r}"]
+    problems = []
+    if meta["choices"] and value not in meta["choices"]:
+        problems.append(f"'{key}' is {value!r}; valid choices: {', '.join(meta['choices'])}")
+    minimum = meta["minimum"]
+    if minimum is not None:
+        if meta["exclusive"] and not value > minimum:
+            problems.append(f"'{key}' must be > {minimum:g}, got {value!r}")
+        elif not meta["exclusive"] and not value >= minimum:
+            problems.append(f"'{key}' must be >= {minimum:g}, got {value!r}")
     return problems
 
 
+def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
+    """Problems between keys of a config whose keys are each valid (missing keys = defaults)."""
+    merged = {f.name: f.default for f in dataclasses.fields(TrialConfig)} | dict(values)
+    problems = []
+    if merged["model"] == "convnet" and merged["dataset"] == "digits":
+        problems.append("'model' convnet needs images of at least 16x16 pixels and dataset "
+                        "digits has 8x8: use model mlp, or dataset cifar10/cifar100/svhn")
+    return problems
+
+
+def config_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with ``values`` as trial config keys (empty list when valid).
+
+    Cross-key rules run only when every key is valid on its own.
+    """
+    problems = [p for key, value in values.items() for p in key_problems(key, value)]
+    return problems or cross_key_problems(values)
+
+
 def parse_set_option(assignment: str) -> tuple[str, Any]:
-    """Parse ``KEY=VALUE`` from ``--set``; VALUE is read as YAML (``10`` -> int, ``null`` -> None).
+    """Parse ``KEY=VALUE`` from ``--set``; VALUE is read as YAML (``10`` -> int, ``1e-3`` ->
+    float, ``null`` -> None); text that is not YAML stays a string.
 
     Raises:
         ConfigError: when there is no ``=``.
     """
-    import yaml
+    from workers.config_file import parse_yaml_value
 
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError([f"--set expects KEY=VALUE, got {assignment!r}"], source="--set")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    return key.strip(), parse_yaml_value(raw)

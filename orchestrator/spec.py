@@ -1,0 +1,669 @@
+"""Sweep specs: load a YAML file, validate it in one pass, expand it into trials.
+
+A spec names a sweep (the MLflow experiment and the Tune run both take its name) and says
+which trial configs to run: ``defaults`` under every point of the cartesian ``grid``, minus
+the points an ``exclude`` entry matches, plus the ``include`` points::
+
+    name: fig1-sin
+    defaults: {dataset: cifar10, activation: sin, epochs: 1000}
+    grid:
+      sigma: [0.001, 0.01, 0.1, 1.0, 10.0]
+      seed: [0, 1, 2]
+      "lr,momentum": [[0.01, 0.0], [0.001, 0.9]]   # linked: these keys vary together
+    exclude: [{sigma: 10.0, seed: 2}]
+    include: [{model: convnet, sigma: null}]
+    resources: {cpu: 1, gpu: 0.25}
+
+``load_spec`` reports every problem in the file at once, each naming its key path
+(``grid.sigma[2]``, ``include[0].activation``). ``expand_trials`` turns a valid spec into
+``TrialPoint``s with stable ids and readable names; ``format_trial_table`` is what
+``xmem sweep SPEC --dry-run`` prints.
+
+This module must not import ray, mlflow or torch (directly or through ``workers``), so that
+a dry run answers in well under a second on a laptop.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+from workers.config import TrialConfig, config_problems, key_problems
+from workers.config_file import read_yaml
+from workers.errors import ConfigError
+
+TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "exclude", "include",
+                  "resources", "max_concurrent", "max_failures", "tracking_uri", "storage")
+RESOURCE_KEYS = ("cpu", "gpu")
+# The sweep name becomes an MLflow experiment name, a Tune run name and a folder name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A grid key holding several comma-joined trial keys ("sigma,temperature") links them.
+LINK_SEPARATOR = ","
+DEFAULT_MAX_FAILURES = 2
+TRIAL_ID_LENGTH = 12  # hex characters of sha256: 48 bits, no clash in any realistic sweep
+
+_TRIAL_DEFAULTS = TrialConfig().to_dict()
+_MAX_LISTED = 3  # trials named in one problem line before "and N more"
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# --- the spec ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    """What Ray reserves for each trial (one trial runs in one Tune trial process)."""
+
+    cpu: float = 1.0
+    """CPU cores per trial (> 0)."""
+    gpu: float = 0.0
+    """GPUs per trial (>= 0); a fraction shares a GPU, e.g. 0.25 runs 4 trials on one."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep spec (see the module docstring for the file format)."""
+
+    name: str
+    """Sweep name = MLflow experiment name = Tune run name."""
+    description: str = ""
+    """Free text, shown in listings and stored with the experiment."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Trial keys set for every trial (grid values and include entries override them)."""
+    grid: dict[str, list] = field(default_factory=dict)
+    """Key (or comma-joined linked keys) -> list of values; trials = the cartesian product."""
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    """Grid points matching every key of one entry are dropped."""
+    include: list[dict[str, Any]] = field(default_factory=list)
+    """Extra trials, each entry merged over ``defaults`` (not over grid values)."""
+    resources: Resources = field(default_factory=Resources)
+    """Per-trial resources Ray reserves."""
+    max_concurrent: int | None = None
+    """Most trials running at once; None = as many as the resources allow."""
+    max_failures: int = DEFAULT_MAX_FAILURES
+    """Automatic retries of a failed trial (from its last checkpoint)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; None = the environment's or the default (see resolve_setting)."""
+    storage: str | None = None
+    """Tune storage path (local folder, NFS, s3://); None = the default."""
+    path: str = ""
+    """The file the spec was read from."""
+    raw: dict[str, Any] = field(default_factory=dict)
+    """The file's parsed YAML mapping, as written (saved with the sweep as an artifact)."""
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One trial of a sweep."""
+
+    trial_id: str
+    """Hash of the result-changing config keys: the same trial has the same id in every
+    sweep and every rerun (what resume and deduplication key on)."""
+    name: str
+    """Readable and unique within the sweep, built from ``varying``: sin-sigma10-seed0."""
+    config: TrialConfig
+    varying: dict[str, Any]
+    """Values of the keys that vary across the sweep's trials: grid key order, then keys
+    that only include entries change."""
+
+
+def trial_id(config: TrialConfig) -> str:
+    """First 12 hex characters of sha256 over the canonical JSON of ``config.identity()``.
+
+    Keys are sorted, so the order of keys in a spec does not matter; float fields are floats
+    after ``TrialConfig.from_mapping``, so ``sigma: 1`` and ``sigma: 1.0`` give the same id;
+    ``data_dir`` and the other keys that cannot change results are not part of the identity.
+    """
+    canonical = json.dumps(config.identity(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:TRIAL_ID_LENGTH]
+
+
+# --- loading ----------------------------------------------------------------------------
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a sweep spec, reporting every problem in the file at once.
+
+    Besides each key's type and range, it expands the sweep to check what only the whole
+    sweep shows: nothing to run, everything excluded, exclude entries matching nothing,
+    cross-key rules of each merged trial config, and duplicate trials.
+
+    Raises:
+        ConfigError: with one line per problem, each naming its key path (``grid.sigma[2]``).
+    """
+    source = str(path)
+    hint = f"Fix the file, then check it with: xmem sweep {source} --dry-run"
+    raw, problems = read_yaml(Path(path), empty_hint="a sweep spec needs at least name and grid")
+    if raw is None:
+        # Nothing to validate further: the file is missing, unreadable or not YAML.
+        raise ConfigError(problems, source=source, hint=hint)
+    if not isinstance(raw, dict):
+        problems.append("the top level must be a mapping of keys (name, grid, ...), got "
+                        f"{_describe(raw)}")
+        raise ConfigError(problems, source=source, hint=hint)
+    spec, spec_problems, sweep_checked = _parse_spec(raw, source)
+    problems += spec_problems
+    if problems:
+        if not sweep_checked:
+            hint += ("\n(Checks of the expanded sweep, such as duplicate trials, run once the "
+                     "problems above are fixed.)")
+        raise ConfigError(problems, source=source, hint=hint)
+    assert spec is not None
+    return spec
+
+
+# --- validation -------------------------------------------------------------------------
+
+def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bool]:
+    """(the spec or None, every problem, whether the expanded sweep was checked).
+
+    Each section is checked on its own first. The checks that need the expanded sweep
+    (duplicates, cross-key rules, exclusion) only run when defaults, grid, exclude and
+    include are clean: run on values already known to be bad they would repeat those
+    problems in more confusing words.
+    """
+    problems: list[str] = []
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append(f"unknown top-level key '{key}'{_did_you_mean(key, TOP_LEVEL_KEYS)}; "
+                            f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    name = _check_name(raw.get("name"), problems)
+    description = _check_optional_str("description", raw.get("description"), problems)
+    defaults = _check_defaults(raw.get("defaults"), problems)
+    grid = _check_grid(raw.get("grid"), problems)
+    exclude = _check_entries("exclude", raw.get("exclude"), problems)
+    include = _check_entries("include", raw.get("include"), problems)
+    resources = _check_resources(raw.get("resources"), problems)
+    max_concurrent = _check_int("max_concurrent", raw.get("max_concurrent"), 1, problems,
+                                nullable=True)
+    max_failures = _check_int("max_failures", raw.get("max_failures", DEFAULT_MAX_FAILURES),
+                              0, problems, nullable=False)
+    tracking_uri = _check_optional_str("tracking_uri", raw.get("tracking_uri"), problems,
+                                       non_empty=True)
+    storage = _check_optional_str("storage", raw.get("storage"), problems, non_empty=True)
+
+    if defaults is None or grid is None or exclude is None or include is None:
+        return None, problems, False
+    axes, normalized_grid = grid
+    problems += _sweep_problems(_expand(defaults, axes, exclude, include), exclude)
+    if problems:
+        return None, problems, True
+    spec = SweepSpec(
+        name=name, description=description or "", defaults=defaults, grid=normalized_grid,
+        exclude=exclude, include=include, resources=resources, max_concurrent=max_concurrent,
+        max_failures=max_failures, tracking_uri=tracking_uri, storage=storage, path=source,
+        raw=raw)
+    return spec, [], True
+
+
+def _check_name(value: Any, problems: list[str]) -> str | None:
+    if value is None:
+        problems.append("name: missing; every sweep needs one (it becomes the MLflow "
+                        "experiment and the Tune run name), e.g. name: fig1-sin")
+    elif not isinstance(value, str):
+        problems.append(f"name: must be a string, got {_describe(value)}")
+    elif not NAME_PATTERN.fullmatch(value):
+        problems.append(f"name: {value!r} is not a valid sweep name: use letters, digits, "
+                        "'_', '.' and '-', starting with a letter or digit")
+    else:
+        return value
+    return None
+
+
+def _check_optional_str(key: str, value: Any, problems: list[str], *,
+                        non_empty: bool = False) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.append(f"{key}: must be a string or null, got {_describe(value)}")
+    elif non_empty and not value.strip():
+        problems.append(f"{key}: must not be empty; write null (or leave it out) for the default")
+    else:
+        return value
+    return None
+
+
+def _check_int(key: str, value: Any, minimum: int, problems: list[str], *,
+               nullable: bool) -> int | None:
+    if value is None and nullable:
+        return None
+    expected = f"an integer >= {minimum}" + (" or null" if nullable else "")
+    if not isinstance(value, int) or isinstance(value, bool):
+        problems.append(f"{key}: must be {expected}, got {_describe(value)}")
+    elif value < minimum:
+        problems.append(f"{key}: must be {expected}, got {value}")
+    else:
+        return value
+    return None
+
+
+def _check_resources(value: Any, problems: list[str]) -> Resources | None:
+    if value is None:
+        return Resources()
+    if not isinstance(value, dict):
+        problems.append(f"resources: must be a mapping like {{cpu: 1, gpu: 0.25}}, got "
+                        f"{_describe(value)}")
+        return None
+    found: list[str] = []
+    for key in value:
+        if key not in RESOURCE_KEYS:
+            found.append(f"resources.{key}: unknown key{_did_you_mean(key, RESOURCE_KEYS)}; "
+                         f"valid keys: {', '.join(RESOURCE_KEYS)}")
+    # Ray rejects a trial that asks for no CPU at all; GPUs may be 0 or any fraction.
+    for key, default, strictly_positive in (("cpu", 1.0, True), ("gpu", 0.0, False)):
+        amount = value.get(key, default)
+        bound = "> 0" if strictly_positive else ">= 0"
+        if not _is_number(amount) or not math.isfinite(amount):
+            found.append(f"resources.{key}: must be a number {bound}, got {_describe(amount)}")
+        elif (amount <= 0) if strictly_positive else (amount < 0):
+            found.append(f"resources.{key}: must be {bound}, got {amount!r}")
+    problems += found
+    if found:
+        return None
+    return Resources(cpu=float(value.get("cpu", 1.0)), gpu=float(value.get("gpu", 0.0)))
+
+
+def _check_defaults(value: Any, problems: list[str]) -> dict[str, Any] | None:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append("defaults: must be a mapping of trial keys to values, got "
+                        f"{_describe(value)}")
+        return None
+    found = [f"defaults.{key}: {problem}"
+             for key, item in value.items() for problem in key_problems(key, item)]
+    problems += found
+    return None if found else dict(value)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One dimension of the grid: a key, or a group of linked keys, and its steps."""
+
+    keys: tuple[str, ...]
+    steps: tuple[tuple, ...]  # one value per key at each step
+
+
+def _check_grid(value: Any, problems: list[str]) -> tuple[list[_Axis], dict] | None:
+    """(the axes in file order, the grid with linked keys written 'a,b') or None if bad.
+
+    A step repeated within one key's list is reported and dropped, so that the checks of the
+    expanded sweep still run without reporting each of its copies again.
+    """
+    if value is None:
+        return [], {}
+    if not isinstance(value, dict):
+        problems.append("grid: must be a mapping of trial keys to lists of values, e.g. "
+                        f"grid: {{sigma: [0.1, 1.0]}}, got {_describe(value)}")
+        return None
+    found: list[str] = []
+    repeats: list[str] = []  # reported, but the grid without them is still checked
+    axes: list[_Axis] = []
+    normalized: dict[str, list] = {}
+    places: dict[str, list[str]] = collections.defaultdict(list)  # key -> grid labels
+    for label, values in value.items():
+        if not isinstance(label, str):
+            found.append(f"grid: key {label!r} must be a string (a trial key, or trial keys "
+                         "joined by ',')")
+            continue
+        keys = tuple(part.strip() for part in label.split(LINK_SEPARATOR))
+        label = LINK_SEPARATOR.join(keys)
+        path = f"grid.{label}"
+        if not all(keys):
+            found.append(f"{path}: empty key name; link keys as 'sigma,temperature'")
+            continue
+        if len(set(keys)) < len(keys):
+            found.append(f"{path}: a linked group names the same key twice")
+            continue
+        unknown = [key for key in keys if key not in _TRIAL_DEFAULTS]
+        for key in unknown:
+            found += [f"{path}: {problem}" for problem in key_problems(key, None)]
+        for key in keys:
+            places[key].append(path)
+        if unknown:
+            continue
+        steps = _check_grid_values(path, keys, values, found)
+        if steps is not None:
+            steps = _drop_repeats(path, steps, repeats)
+            axes.append(_Axis(keys, tuple(steps)))
+            normalized[label] = [step[0] if len(keys) == 1 else list(step) for step in steps]
+    for key, paths in places.items():
+        if len(paths) > 1:
+            found.append(f"grid: key '{key}' is in {' and '.join(paths)}; a key may vary in "
+                         "one place only (alone, or in one linked group)")
+    problems += found + repeats
+    # A repeat only costs a duplicate trial; the axes stay usable for the sweep checks.
+    return None if found else (axes, normalized)
+
+
+def _check_grid_values(path: str, keys: tuple[str, ...], values: Any,
+                       found: list[str]) -> list[tuple] | None:
+    """The steps of one grid entry as tuples (one value per key), or None if any is bad."""
+    if not isinstance(values, list):
+        example = f" (write [{values}] for a single value)" if len(keys) == 1 else ""
+        found.append(f"{path}: must be a list of values, got {_describe(values)}{example}")
+        return None
+    if not values:
+        found.append(f"{path}: empty list; give at least one value, or remove the key")
+        return None
+    before = len(found)
+    steps: list[tuple] = []
+    for index, item in enumerate(values):
+        if len(keys) == 1:
+            found += [f"{path}[{index}]: {p}" for p in key_problems(keys[0], item)]
+            steps.append((item,))
+        elif not isinstance(item, list) or len(item) != len(keys):
+            found.append(f"{path}[{index}]: must be a list of {len(keys)} values "
+                         f"({', '.join(keys)}), got {_describe(item)}")
+        else:
+            for key, part in zip(keys, item):
+                found += [f"{path}[{index}].{key}: {p}" for p in key_problems(key, part)]
+            steps.append(tuple(item))
+    return None if len(found) > before else steps
+
+
+def _drop_repeats(path: str, steps: list[tuple], found: list[str]) -> list[tuple]:
+    """Report each step equal to an earlier one (1 equals 1.0) and keep the first copy."""
+    kept: list[tuple] = []
+    first_index: list[int] = []
+    for index, step in enumerate(steps):
+        earlier = next((first_index[i] for i, seen in enumerate(kept) if _same(seen, step)),
+                       None)
+        if earlier is None:
+            kept.append(step)
+            first_index.append(index)
+        else:
+            found.append(f"{path}[{index}]: repeats {path}[{earlier}] "
+                         f"({', '.join(_format_value(v) for v in step)}); every grid point "
+                         "would run twice")
+    return kept
+
+
+def _check_entries(section: str, value: Any, problems: list[str]) -> list[dict] | None:
+    """``exclude`` or ``include``: a list of mappings of trial keys.
+
+    Include entries become trials, so their values are checked like any trial key. Exclude
+    entries only need valid keys: a value that matches no grid point is reported later, by
+    the sweep checks, as an entry that excludes nothing.
+    """
+    if value is None:
+        return []
+    example = "{activation: sin, loss: hinge}" if section == "exclude" else "{model: convnet}"
+    if not isinstance(value, list):
+        problems.append(f"{section}: must be a list of mappings like - {example}, got "
+                        f"{_describe(value)}")
+        return None
+    found: list[str] = []
+    for index, entry in enumerate(value):
+        path = f"{section}[{index}]"
+        if not isinstance(entry, dict):
+            found.append(f"{path}: must be a mapping like {example}, got {_describe(entry)}")
+        elif section == "exclude":
+            if not entry:
+                found.append(f"{path}: an empty entry would exclude every grid point")
+            for key in entry:
+                if key not in _TRIAL_DEFAULTS:
+                    found += [f"{path}.{key}: {p}" for p in key_problems(key, None)]
+        else:
+            for key, item in entry.items():
+                found += [f"{path}.{key}: {p}" for p in key_problems(key, item)]
+    problems += found
+    return None if found else [dict(entry) for entry in value]
+
+
+# --- expansion --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A trial before its config is built: where it comes from, and its merged spec keys."""
+
+    origin: str  # "grid point sigma=0.1, seed=0" or "include[2]": what the user wrote
+    values: dict[str, Any]  # defaults merged with the grid point or include entry
+
+
+@dataclass(frozen=True)
+class _Expansion:
+    candidates: list[_Candidate]
+    grid_points: int  # before exclusion
+    grid_kept: int
+    unmatched_excludes: list[int]  # indices of exclude entries that matched no grid point
+    includes: int
+
+
+def _expand(defaults: dict, axes: list[_Axis], exclude: list[dict],
+            include: list[dict]) -> _Expansion:
+    """Defaults merged with each grid point (first axis varies slowest), minus exclude
+    matches, then each include entry merged with the defaults. A grid without keys has no
+    points (rather than the one empty product), so that it means "nothing to run"."""
+    candidates: list[_Candidate] = []
+    matched = [False] * len(exclude)
+    grid_points = 0
+    if axes:
+        for steps in itertools.product(*(axis.steps for axis in axes)):
+            grid_points += 1
+            point = {key: v for axis, step in zip(axes, steps) for key, v in zip(axis.keys, step)}
+            values = {**defaults, **point}
+            resolved = {**_TRIAL_DEFAULTS, **values}
+            hits = [index for index, entry in enumerate(exclude)
+                    if all(key in resolved and _same(resolved[key], v)
+                           for key, v in entry.items())]
+            for index in hits:
+                matched[index] = True
+            if not hits:
+                origin = "grid point " + ", ".join(f"{k}={_format_value(v)}"
+                                                   for k, v in point.items())
+                candidates.append(_Candidate(origin, values))
+    grid_kept = len(candidates)
+    for index, entry in enumerate(include):
+        candidates.append(_Candidate(f"include[{index}]", {**defaults, **entry}))
+    unmatched = [index for index, hit in enumerate(matched) if not hit]
+    return _Expansion(candidates, grid_points, grid_kept, unmatched, len(include))
+
+
+def _sweep_problems(expansion: _Expansion, exclude: list[dict]) -> list[str]:
+    """What only the expanded sweep shows: nothing to run, exclusions, cross-key rules of
+    each merged trial (each message once, with the trials it hits), duplicate trials."""
+    problems: list[str] = []
+    if expansion.grid_points == 0 and expansion.includes == 0:
+        problems.append("grid: nothing to run: the grid has no keys and there are no include "
+                        "entries; add e.g. grid: {sigma: [0.1, 1.0]}")
+    elif expansion.grid_points and not expansion.grid_kept:
+        nothing = "; nothing to run" if not expansion.includes else ""
+        problems.append(f"exclude: removes all {expansion.grid_points} grid points{nothing}")
+    for index in expansion.unmatched_excludes:
+        entry = ", ".join(f"{k}: {_format_value(v)}" for k, v in exclude[index].items())
+        problems.append(f"exclude[{index}]: matches no grid point ({{{entry}}}); check its "
+                        "values against the grid and defaults, or remove it")
+
+    by_message: dict[str, list[str]] = collections.defaultdict(list)
+    by_id: dict[str, list[tuple[_Candidate, TrialConfig]]] = collections.defaultdict(list)
+    for candidate in expansion.candidates:
+        found = config_problems(candidate.values)
+        for message in found:
+            by_message[message].append(candidate.origin)
+        if not found:
+            config = TrialConfig.from_mapping(candidate.values)
+            by_id[trial_id(config)].append((candidate, config))
+    for message, origins in by_message.items():
+        problems.append(f"{_count(len(origins), 'trial')} ({_listing(origins)}): {message}")
+
+    duplicates = [(tid, group) for tid, group in by_id.items() if len(group) > 1]
+    for tid, group in duplicates[:_MAX_LISTED]:
+        origins = [candidate.origin for candidate, _ in group]
+        first = group[0][1].to_dict()
+        differ = sorted({key for _, config in group[1:] for key, v in config.to_dict().items()
+                         if v != first[key]})
+        why = (f"they differ only in {', '.join(differ)}, which cannot change results"
+               if differ else "keep one of them")
+        problems.append(f"duplicate trial {tid}: {_listing(origins, limit=len(origins))} "
+                        f"resolve to the same config; {why}")
+    if len(duplicates) > _MAX_LISTED:
+        problems.append(f"... and {len(duplicates) - _MAX_LISTED} more groups of duplicate "
+                        "trials")
+    return problems
+
+
+def expand_trials(spec: SweepSpec) -> list[TrialPoint]:
+    """The spec's trials in a deterministic order: the grid points (cartesian product in
+    grid key order, the first key varying slowest) minus exclude matches, then the include
+    entries in file order.
+
+    Raises:
+        ConfigError: when the spec was not built by ``load_spec`` and holds bad values.
+    """
+    problems: list[str] = []
+    grid = _check_grid(spec.grid, problems)
+    if problems or grid is None:
+        raise ConfigError(problems, source=spec.path or spec.name)
+    axes, _ = grid
+    expansion = _expand(spec.defaults, axes, spec.exclude, spec.include)
+    configs = [TrialConfig.from_mapping(c.values, source=f"{spec.path or spec.name}: {c.origin}")
+               for c in expansion.candidates]
+    ids = [trial_id(config) for config in configs]
+    as_dicts = [config.to_dict() for config in configs]
+
+    # The keys that could vary, in the order the spec names them; those that do vary.
+    candidates = [key for axis in axes for key in axis.keys]
+    candidates += [key for entry in spec.include for key in entry]
+    candidates = list(dict.fromkeys(candidates))
+    varying_keys = [key for key in candidates
+                    if len({_hashable(values[key]) for values in as_dicts}) > 1]
+    varying = [{key: values[key] for key in varying_keys} for values in as_dicts]
+    names = _unique_names([_trial_name(spec.name, values) for values in varying], ids)
+    return [TrialPoint(tid, name, config, values)
+            for tid, name, config, values in zip(ids, names, configs, varying)]
+
+
+def _trial_name(sweep_name: str, varying: dict[str, Any]) -> str:
+    """sin-sigma10-cifar10-seed0: strings bare, numbers after their key, bools as key or
+    no-key, null as key-default; the sweep name when nothing varies (a single trial)."""
+    parts = []
+    for key, value in varying.items():
+        if isinstance(value, bool):
+            parts.append(key if value else f"no-{key}")
+        elif value is None:
+            parts.append(f"{key}-default")
+        elif isinstance(value, int):
+            parts.append(f"{key}{value}")
+        elif isinstance(value, float):
+            parts.append(f"{key}{value:g}")
+        else:
+            # Names become folder and run names: keep them to safe characters (paths in
+            # data_file would otherwise bring '/').
+            parts.append(_UNSAFE_NAME_CHARS.sub("_", str(value)).strip("_") or key)
+    return "-".join(parts) or sweep_name
+
+
+def _unique_names(names: list[str], ids: list[str]) -> list[str]:
+    """Append the first 6 id characters to every name that clashes (e.g. sigma0.1234561 and
+    sigma0.1234562 both print as sigma0.123456); ids are unique, so the full id settles
+    any clash left."""
+    counts = collections.Counter(names)
+    unique = [f"{name}-{tid[:6]}" if counts[name] > 1 else name for name, tid in zip(names, ids)]
+    if len(set(unique)) < len(unique):
+        unique = [f"{name}-{tid}" if counts[name] > 1 else name for name, tid in zip(names, ids)]
+    return unique
+
+
+# --- output and settings ----------------------------------------------------------------
+
+def format_trial_table(trials: list[TrialPoint]) -> str:
+    """An aligned plain-text table (trial id, name, one column per varying key) and a count
+    line: what ``xmem sweep SPEC --dry-run`` prints."""
+    keys = list(dict.fromkeys(key for trial in trials for key in trial.varying))
+    header = ["trial_id", "name", *keys]
+    rows = [[trial.trial_id, trial.name,
+             *(_format_value(trial.varying[k]) if k in trial.varying else "" for k in keys)]
+            for trial in trials]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    lines.append(_count(len(trials), "trial"))
+    return "\n".join(lines)
+
+
+class Setting(NamedTuple):
+    """A resolved setting and where it came from: "flag", "environment", "spec" or
+    "default" (printed so that a user knows which one to change)."""
+
+    value: Any
+    source: str
+
+
+def resolve_setting(flag: Any, env_var_name: str | None, spec_value: Any, default: Any,
+                    environ: Mapping[str, str] = os.environ) -> Setting:
+    """The command-line flag, else the environment variable, else the spec, else the default.
+
+    The most specific, most recent choice wins: a flag is typed for this one run, the
+    environment (RAY_ADDRESS, MLFLOW_TRACKING_URI) is set for a shell or a cluster, the spec
+    is shared across machines. None means "not given"; so does an empty environment
+    variable, the usual way to unset one (``MLFLOW_TRACKING_URI= xmem sweep ...``).
+    """
+    if flag is not None:
+        return Setting(flag, "flag")
+    if env_var_name and environ.get(env_var_name):
+        return Setting(environ[env_var_name], "environment")
+    if spec_value is not None:
+        return Setting(spec_value, "spec")
+    return Setting(default, "default")
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality for spec values: 1 equals 1.0, but True does not equal 1."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _hashable(value: Any) -> Any:
+    # Booleans apart from ints, so that a key holding True and 1 counts as varying.
+    return (type(value) is bool, value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _format_value(value: Any) -> str:
+    """A value as YAML would show it: null, true, 0.001."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _describe(value: Any) -> str:
+    """'list [1, 2]', 'string "abc"': the YAML type name and a short rendering."""
+    kinds = {dict: "mapping", list: "list", str: "string", bool: "bool", int: "int",
+             float: "float", type(None): "null"}
+    kind = kinds.get(type(value), type(value).__name__)
+    if value is None:
+        return kind
+    shown = repr(value)
+    return f"{kind} {shown if len(shown) <= 60 else shown[:57] + '...'}"
+
+
+def _did_you_mean(key: Any, valid: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
