@@ -24,7 +24,7 @@ def test_first_layer_std_is_sigma_and_top_is_glorot(sigma):
     assert float(w1.mean()) == pytest.approx(0.0, abs=4 * sigma / math.sqrt(w1.numel()))
     assert float(w1.std()) == pytest.approx(sigma, rel=0.02)
     limit = math.sqrt(6 / (512 + 10))
-    w2 = model.top.weight
+    w2 = model.top.weight.detach()
     assert float(w2.abs().max()) <= limit
     assert float(w2.abs().max()) > 0.95 * limit
     assert float(w2.std()) == pytest.approx(limit / math.sqrt(3), rel=0.05)  # uniform std

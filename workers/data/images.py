@@ -1,0 +1,61 @@
+"""``load_image_arrays``: a dataset's decoded images from its source, through the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workers.data.arrays import NUM_CLASSES, ImageArrays
+from workers.data.cache import cache_path, read_cache, write_cache
+from workers.data.parquet_table import read_parquet_table
+from workers.data.sources import digits_arrays, ensure_torchvision_files, read_torchvision_files
+from workers.errors import ConfigError, DatasetUnavailable
+
+
+def load_image_arrays(dataset: str, data_dir: str, data_file: str | None = None,
+                      download: bool = False) -> ImageArrays:
+    """All images and labels of ``dataset`` (both splits, before subsetting).
+
+    Sources, first match wins:
+      1. ``data_file``: a Parquet image table (see ``parquet_table``).
+      2. digits: scikit-learn's bundled copy (not cached: it loads in milliseconds).
+      3. cifar10/cifar100/svhn: torchvision's files under ``data_dir``, downloaded first
+         when missing and ``download`` is true.
+    Decoded arrays of 1 and 3 are cached under ``<data_dir>/xmem-cache/``.
+
+    Args:
+        dataset: one of cifar10, cifar100, svhn, digits.
+        data_dir: folder of torchvision's files and of the cache; ``~`` is expanded.
+        data_file: path of a Parquet image table, or None; ``~`` is expanded, a relative
+            path is taken from the current directory.
+        download: fetch torchvision's files when missing (needs internet).
+
+    Raises:
+        DatasetUnavailable: the source files are missing or unreadable.
+        ConfigError: unknown dataset name.
+    """
+    if dataset not in NUM_CLASSES:
+        raise ConfigError([f"'dataset' is {dataset!r}; valid choices: {', '.join(NUM_CLASSES)}"])
+    root = Path(data_dir).expanduser()
+    if data_file is not None:
+        table = Path(data_file).expanduser().resolve()
+        if not table.is_file():
+            raise DatasetUnavailable(f"data_file {table}: no such file (a Parquet table with "
+                                     "columns split, label, image was expected there)")
+        files, source = [table], "parquet"
+
+        def decode() -> ImageArrays:
+            return read_parquet_table(table, dataset)
+    elif dataset == "digits":
+        return digits_arrays()
+    else:
+        files, source = ensure_torchvision_files(dataset, root, download), "torchvision"
+
+        def decode() -> ImageArrays:
+            return read_torchvision_files(dataset, root)
+
+    path = cache_path(root, dataset, source, files)
+    arrays = read_cache(path)
+    if arrays is None:
+        arrays = decode()
+        write_cache(path, arrays)
+    return arrays
