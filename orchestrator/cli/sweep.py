@@ -1,0 +1,27 @@
+"""``xmem sweep``: run a sweep spec on Ray Tune, tracked in MLflow."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from orchestrator.cli import main
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--address", metavar="ADDR", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster).")
+@click.option("--tracking-uri", metavar="URI",
+              help="MLflow tracking server (else MLFLOW_TRACKING_URI, else the spec's, else an embedded server).")
+@click.option("--storage", metavar="PATH", help="Tune storage: local dir, NFS or s3:// (else the spec's, else ./xmem-runs).")
+@click.option("--dry-run", is_flag=True, help="Validate the spec, print the expanded trials, and exit.")
+def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str | None, dry_run: bool) -> None:
+    """Run every trial of the sweep SPEC (YAML) and print a results table.
+
+    Example: xmem sweep experiments/quickstart.yaml
+    """
+    from orchestrator.sweep import run_sweep
+
+    run_sweep(spec, address=address, tracking_uri=tracking_uri, storage=storage, dry_run=dry_run,
+              echo=click.echo, live=sys.stdout.isatty())

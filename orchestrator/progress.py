@@ -1,0 +1,147 @@
+"""What a running sweep shows: a live progress line, then a table of every trial.
+
+Pure Python on purpose (no ray, no mlflow): the Tune runner feeds it events, the sweep
+command feeds it final results, and tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from workers import metrics
+
+PENDING, RUNNING, FINISHED, FAILED, DIVERGED = "pending", "running", "finished", "failed", "diverged"
+STATES = (PENDING, RUNNING, FINISHED, FAILED, DIVERGED)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class _TrialProgress:
+    epochs: int
+    state: str = PENDING
+    epoch: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class SweepProgress:
+    """Counts trials by state and estimates the time left from epochs done.
+
+    ``echo`` receives one line per update when ``live`` is False (logs, CI), or rewrites one
+    terminal line when ``live`` is True.
+    """
+
+    epochs_by_trial: dict[str, int]
+    echo: Callable[[str], None] = print
+    live: bool = False
+    interval_s: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    trials: dict[str, _TrialProgress] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trials = {tid: _TrialProgress(epochs) for tid, epochs in self.epochs_by_trial.items()}
+        self.started_at = self.clock()
+        self.last_print = -float("inf")
+        self.last_line = ""
+
+    # --- events (orchestrator.tune_runner.TrialEvents) ------------------------------
+    def trial_started(self, trial_id: str) -> None:
+        trial = self.trials[trial_id]
+        trial.state, trial.attempts = RUNNING, trial.attempts + 1
+        self.tick()
+
+    def trial_result(self, trial_id: str, epoch: int | None, status: str | None) -> None:
+        if epoch is not None:
+            self.trials[trial_id].epoch = max(self.trials[trial_id].epoch, int(epoch))
+        self.tick()
+
+    def trial_retrying(self, trial_id: str) -> None:
+        self.trials[trial_id].state = PENDING
+        self.tick(force=True)
+
+    def trial_completed(self, trial_id: str, status: str) -> None:
+        trial = self.trials[trial_id]
+        trial.state = status if status in STATES else FINISHED
+        if status == FINISHED:
+            trial.epoch = trial.epochs
+        self.tick(force=True)
+
+    def tick(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last_print < (1.0 if self.live else self.interval_s):
+            return
+        line = self.summary()
+        if line == self.last_line and not self.live:
+            return
+        self.last_print, self.last_line = now, line
+        if self.live:
+            sys.stdout.write("\r\033[K" + line)
+            sys.stdout.flush()
+        else:
+            self.echo(line)
+
+    def close(self) -> None:
+        if self.live:
+            sys.stdout.write("\r\033[K" + self.summary() + "\n")
+            sys.stdout.flush()
+
+    # --- what is shown --------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for trial in self.trials.values():
+            counts[trial.state] += 1
+        return counts
+
+    def fraction_done(self) -> float:
+        total = sum(max(t.epochs, 1) for t in self.trials.values())
+        done = sum(max(t.epochs, 1) if t.state in (FINISHED, FAILED, DIVERGED) else t.epoch
+                   for t in self.trials.values())
+        return done / total if total else 1.0
+
+    def summary(self) -> str:
+        counts = self.counts()
+        elapsed = self.clock() - self.started_at
+        fraction = self.fraction_done()
+        eta = format_seconds(elapsed * (1 - fraction) / fraction) if fraction > 0.02 else "?"
+        states = " | ".join(f"{counts[s]} {s}" for s in STATES)
+        return f"[{format_seconds(elapsed)}] {states} | {fraction:5.1%} of epochs | ~{eta} left"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) -> str:
+    """The end-of-sweep table: varying keys, status, final train acc, best test acc, align/grad.
+
+    ``rows`` hold the varying keys' values plus ``name``, ``status``, and metric values
+    under their metric names (missing = not logged).
+    """
+    header = ["trial"] + varying_keys + ["status", "train acc", "best test acc", "align/grad"]
+    body = []
+    for row in rows:
+        def pct(name: str) -> str:
+            value = row.get(name)
+            return "-" if value is None else f"{value:.1%}"
+        grad = row.get(metrics.ALIGN_GRAD)
+        body.append([row["name"]] + [_cell(row.get(k)) for k in varying_keys]
+                    + [row.get("status") or "-", pct(metrics.TRAIN_ACC), pct(metrics.TEST_BEST_ACC),
+                       "-" if grad is None else f"{grad:.3f}"])
+    widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in [header] + body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""``xmem sweep``: validate a spec, then run its trials on Ray Tune, tracked in MLflow.
+
+The order matters for "nothing half created":
+1. load and validate the spec and expand its trials (any problem: ConfigError, nothing made);
+2. a dry run prints the trial table and stops here;
+3. resolve address / tracking URI / storage (flag > environment > spec > default);
+4. start a local MLflow server when no tracking URI is given, and Ray (both in parallel);
+5. create the experiment, the parent run and one child run per trial (driver side);
+6. run the trials on Tune (workers log their own metrics and artifacts);
+7. read the runs back from MLflow and print the results table and where to look next.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.progress import SweepProgress, format_results_table, format_seconds
+from orchestrator.spec import SweepSpec, TrialPoint, expand_trials, format_trial_table, load_spec, resolve_setting
+from workers import metrics
+from workers.config import TrialConfig
+
+DEFAULT_STORAGE = "xmem-runs"
+MLFLOW_FOLDER = "mlflow"
+TABLE_METRICS = (metrics.TRAIN_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    address: str | None
+    tracking_uri: str | None
+    storage: str
+    sources: dict[str, str]  # setting -> where it came from (flag, environment, spec, default)
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    trials: list[TrialPoint]
+    rows: list[dict[str, Any]]
+    tracking_uri: str
+    experiment_url: str
+    timings: dict[str, float]
+
+
+def resolve_settings(spec: SweepSpec, address: str | None, tracking_uri: str | None,
+                     storage: str | None, environ=os.environ) -> SweepSettings:
+    """Flag > environment (RAY_ADDRESS, MLFLOW_TRACKING_URI) > spec > embedded default."""
+    address_setting = resolve_setting(address, "RAY_ADDRESS", None, None, environ)
+    uri_setting = resolve_setting(tracking_uri, "MLFLOW_TRACKING_URI", spec.tracking_uri, None, environ)
+    storage_setting = resolve_setting(storage, None, spec.storage, DEFAULT_STORAGE, environ)
+    storage_value = storage_setting.value
+    if "://" not in storage_value:
+        storage_value = str(Path(storage_value).expanduser().resolve())
+    return SweepSettings(address_setting.value, uri_setting.value, storage_value, {
+        "address": address_setting.source, "tracking_uri": uri_setting.source,
+        "storage": storage_setting.source})
+
+
+def local_mlflow_root(storage: str) -> Path:
+    """Where the embedded MLflow server keeps its SQLite file and artifacts."""
+    if "://" in storage:  # remote Tune storage: keep the local store beside the user
+        return Path(DEFAULT_STORAGE).resolve() / MLFLOW_FOLDER
+    return Path(storage) / MLFLOW_FOLDER
+
+
+def worker_config(config: TrialConfig) -> TrialConfig:
+    """The config a worker receives: paths absolute, since workers may run elsewhere."""
+    changes: dict[str, Any] = {"data_dir": str(Path(config.data_dir).expanduser().resolve())}
+    if config.data_file and "://" not in config.data_file:
+        changes["data_file"] = str(Path(config.data_file).expanduser().resolve())
+    return dataclasses.replace(config, **changes)
+
+
+def varying_keys(trials: list[TrialPoint]) -> list[str]:
+    keys: list[str] = []
+    for trial in trials:
+        keys += [k for k in trial.varying if k not in keys]
+    return keys
+
+
+def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str | None = None,
+              storage: str | None = None, dry_run: bool = False,
+              echo: Callable[[str], None] = print, live: bool = False) -> SweepOutcome | None:
+    """Run (or, with ``dry_run``, only show) the sweep in ``spec_path``. See the module doc."""
+    started = time.perf_counter()
+    spec = load_spec(spec_path)
+    trials = expand_trials(spec)
+    if dry_run:
+        echo(f"sweep {spec.name}: {len(trials)} trial(s)")
+        echo(format_trial_table(trials))
+        return None
+
+    from orchestrator import tracking, tune_runner  # heavy imports only past validation
+
+    settings = resolve_settings(spec, address, tracking_uri, storage)
+    timings: dict[str, float] = {}
+    server = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        server_future = None
+        if settings.tracking_uri is None:
+            server_future = pool.submit(tracking.start_local_server, local_mlflow_root(settings.storage))
+        cluster = tune_runner.connect(settings.address)
+        timings["ray_start_s"] = cluster.seconds_to_start
+        if server_future is not None:
+            server = server_future.result()
+            timings["mlflow_start_s"] = time.perf_counter() - started
+    uri = settings.tracking_uri or server.uri
+    try:
+        echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({cluster.address}: "
+             f"{cluster.cpus:g} CPU, {cluster.gpus:g} GPU), tracking {uri}"
+             + (" (embedded server)" if server else ""))
+        tracker = tracking.SweepTracker(uri, spec.name)
+        tracker.ensure_experiment(spec.description)
+        parent_run_id = tracker.start_parent_run(spec.raw, len(trials))
+        run_ids = tracker.create_trial_runs(trials, parent_run_id)
+
+        from workers.tune_trial import trial_payload
+
+        payloads = [trial_payload(worker_config(t.config), t.trial_id, t.name, run_ids[t.trial_id], uri)
+                    for t in trials]
+        progress = SweepProgress({t.trial_id: t.config.epochs for t in trials}, echo=echo, live=live)
+        trials_started = time.perf_counter()
+        tune_runner.run_trials(spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
+                               gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
+                               max_failures=spec.max_failures, events=progress)
+        progress.close()
+        timings["trials_s"] = time.perf_counter() - trials_started
+
+        runs = tracker.trial_runs()
+        rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
+        failed = sum(row["status"] == "failed" for row in rows)
+        tracker.finish_parent_run("FAILED" if failed else "FINISHED")
+        url = tracker.experiment_url()
+    finally:
+        tune_runner.disconnect()
+        if server is not None:
+            server.stop()
+    timings["total_s"] = time.perf_counter() - started
+    keys = varying_keys(trials)
+    echo("")
+    echo(format_results_table(rows, keys))
+    echo("")
+    echo(f"{len(trials)} trial(s) in {format_seconds(timings['total_s'])} "
+         f"(Ray start-up {timings['ray_start_s']:.1f} s"
+         + (f", MLflow server ready after {timings['mlflow_start_s']:.1f} s" if server else "") + ")")
+    if server is not None:
+        echo(f"Browse the runs: xmem ui --store {server.root}   (MLflow experiment '{spec.name}')")
+    else:
+        echo(f"Browse the runs: {url}")
+    return SweepOutcome(spec, trials, rows, uri, url, timings)
+
+
+def _result_row(trial: TrialPoint, run: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": trial.name, "trial_id": trial.trial_id, **trial.varying}
+    if run is None:
+        row["status"] = None
+        return row
+    row["status"] = run.data.tags.get("xmem.status") or run.info.status.lower()
+    row["run_id"] = run.info.run_id
+    for name in TABLE_METRICS:
+        row[name] = run.data.metrics.get(name)
+    return row

@@ -1,0 +1,123 @@
+"""Ray Tune on the driver: connect to a cluster and run a sweep's trials. The only orchestrator
+module that imports ray (Ray's API has changed often; it stays behind this one file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from workers.errors import XmemError
+
+# Tune must not move trial processes into per-trial folders: relative paths in trial configs
+# (data_dir, data_file) are made absolute by the driver anyway, and a stable working
+# directory keeps caches and logs where the user expects them.
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from workers.tune_trial import run_tune_trial  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str              # "local" for a cluster started by this process
+    cpus: float
+    gpus: float
+    seconds_to_start: float
+
+
+def connect(address: str | None) -> ClusterInfo:
+    """Join the Ray cluster at ``address``, or start a local one when it is None."""
+    started = time.perf_counter()
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise XmemError(f"cannot connect to the Ray cluster at {address!r}: {error}\n"
+                        "Check the address (ray status on the head node prints it), or drop "
+                        "--address / RAY_ADDRESS to run on this machine.") from None
+    resources = ray.cluster_resources()
+    return ClusterInfo(address or "local", resources.get("CPU", 0.0), resources.get("GPU", 0.0),
+                       time.perf_counter() - started)
+
+
+def disconnect() -> None:
+    ray.shutdown()
+
+
+class _ProgressCallback(tune.Callback):
+    """Forwards Tune's trial events to xmem's display (which knows nothing about Ray)."""
+
+    def __init__(self, listener: "TrialEvents"):
+        self.listener = listener
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.listener.trial_started(trial.config["xmem"]["trial_id"])
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.listener.trial_result(trial.config["xmem"]["trial_id"], result.get("epoch"),
+                                   result.get("xmem_status"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.listener.trial_retrying(trial.config["xmem"]["trial_id"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status = (trial.last_result or {}).get("xmem_status") or "finished"
+        self.listener.trial_completed(trial.config["xmem"]["trial_id"], status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.listener.trial_completed(trial.config["xmem"]["trial_id"], "failed")
+
+    def on_step_end(self, iteration, trials, **info):
+        self.listener.tick()
+
+
+class TrialEvents:
+    """What the runner reports while trials run (see ``orchestrator.progress``)."""
+
+    def trial_started(self, trial_id: str) -> None: ...
+    def trial_result(self, trial_id: str, epoch: int | None, status: str | None) -> None: ...
+    def trial_retrying(self, trial_id: str) -> None: ...
+    def trial_completed(self, trial_id: str, status: str) -> None: ...
+    def tick(self) -> None: ...
+
+
+def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str, cpu: float,
+               gpu: float, max_concurrent: int | None, max_failures: int,
+               events: TrialEvents) -> None:
+    """Run every trial payload (``workers.tune_trial.trial_payload``) as one Tune experiment.
+
+    Each trial holds ``cpu`` CPUs and ``gpu`` GPUs (fractions pack trials on a GPU), is
+    retried up to ``max_failures`` times from its latest checkpoint, and keeps its last two
+    checkpoints under ``storage/<sweep_name>``.
+    """
+    names = {p["trial_id"]: p["name"] for p in payloads}
+    trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"xmem": tune.grid_search(payloads)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda t: names[t.config["xmem"]["trial_id"]],
+            trial_dirname_creator=lambda t: f'{names[t.config["xmem"]["trial_id"]]}-{t.config["xmem"]["trial_id"]}',
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[_ProgressCallback(events)],
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+
+
+def tune_experiment_path(storage: str, sweep_name: str) -> str:
+    return str(Path(storage) / sweep_name) if "://" not in storage else f"{storage.rstrip('/')}/{sweep_name}"
