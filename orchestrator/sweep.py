@@ -12,7 +12,6 @@ The order matters for "nothing half created":
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import time
@@ -101,15 +100,20 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     settings = resolve_settings(spec, address, tracking_uri, storage)
     timings: dict[str, float] = {}
     server = None
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        server_future = None
-        if settings.tracking_uri is None:
-            server_future = pool.submit(tracking.start_local_server, local_mlflow_root(settings.storage))
+    if settings.tracking_uri is None:
+        # Started first and awaited after Ray is up: the two start-ups overlap. (Started from
+        # this thread: the server dies with the thread that forked it.)
+        server = tracking.start_local_server(local_mlflow_root(settings.storage), wait=False)
+    try:
         cluster = tune_runner.connect(settings.address)
         timings["ray_start_s"] = cluster.seconds_to_start
-        if server_future is not None:
-            server = server_future.result()
+        if server is not None:
+            server.wait_until_ready()
             timings["mlflow_start_s"] = time.perf_counter() - started
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     uri = settings.tracking_uri or server.uri
     try:
         echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({cluster.address}: "

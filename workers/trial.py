@@ -28,6 +28,7 @@ from workers.data import DeviceDataset, load_dataset
 from workers.errors import XmemError
 from workers.losses import per_example_loss
 from workers.models import build_model
+from workers.sgd import PlainSGD
 
 RUNNING, FINISHED, DIVERGED = "running", "finished", "diverged"
 STATE_FORMAT = 1
@@ -95,7 +96,7 @@ class Trial:
         keep_float32_exact()
         self.data = data if data is not None else load_dataset(config, self.device)
         self.model = build_model(config, self.data.image_shape, self.data.num_classes).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum)
+        self.optimizer = PlainSGD(list(self.model.parameters()), lr=config.lr, momentum=config.momentum)
         self.initial_hidden = self.model.hidden.weight.detach().clone()  # W1(0)
         # The shuffle stream is separate from initialization so that both are reproducible.
         self.shuffle_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003)
@@ -112,18 +113,20 @@ class Trial:
     def train_epoch(self) -> bool:
         """One pass of SGD over a fresh on-device permutation. Returns False on divergence."""
         started = time.perf_counter()
-        x, y = self.data.x_train, self.data.y_train
-        order = torch.randperm(x.shape[0], generator=self.shuffle_generator, device=self.device)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        order = torch.randperm(self.data.x_train.shape[0], generator=self.shuffle_generator, device=self.device)
+        # One gather per epoch; the batches below are then views (no indexing per step).
+        x, y = self.data.x_train[order], self.data.y_train[order]
+        loss_sum = torch.zeros((), device=self.device)
         self.model.train()
         for start in range(0, x.shape[0], self.config.batch_size):
-            batch = order[start:start + self.config.batch_size]
-            loss = self._loss(self.model(x[batch]), y[batch]).mean()
-            self.optimizer.zero_grad(set_to_none=True)
+            end = start + self.config.batch_size
+            loss = self._loss(self.model(x[start:end]), y[start:end]).mean()
+            self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-            # Accumulated on the device: one host sync per epoch instead of one per step.
-            nonfinite |= ~torch.isfinite(loss)
+            # Summed on the device and checked once per epoch: one host sync, not one per step.
+            loss_sum += loss.detach()
+        nonfinite = ~torch.isfinite(loss_sum)
         for parameter in self.model.parameters():
             nonfinite |= ~torch.isfinite(parameter).all()
         self.epoch += 1
