@@ -23,6 +23,7 @@ from orchestrator.progress import SweepProgress, format_results_table, format_se
 from orchestrator.spec import SweepSpec, TrialPoint, expand_trials, format_trial_table, load_spec, resolve_setting
 from workers import metrics
 from workers.config import TrialConfig
+from workers.run_tags import TAG_STATUS
 
 DEFAULT_STORAGE = "xmem-runs"
 MLFLOW_FOLDER = "mlflow"
@@ -165,7 +166,7 @@ def _result_row(trial: TrialPoint, run: Any) -> dict[str, Any]:
     if run is None:
         row["status"] = None
         return row
-    row["status"] = run.data.tags.get("xmem.status") or run.info.status.lower()
+    row["status"] = run.data.tags.get(TAG_STATUS) or run.info.status.lower()
     row["run_id"] = run.info.run_id
     for name in TABLE_METRICS:
         row[name] = run.data.metrics.get(name)

@@ -104,6 +104,7 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
         param_space={"xmem": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # one worker process (and one torch import) per slot, not per trial
             trial_name_creator=lambda t: names[t.config["xmem"]["trial_id"]],
             trial_dirname_creator=lambda t: f'{names[t.config["xmem"]["trial_id"]]}-{t.config["xmem"]["trial_id"]}',
         ),

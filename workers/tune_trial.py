@@ -26,13 +26,17 @@ from ray import tune
 
 from workers.config import TrialConfig
 from workers.mlflow_log import TrialRunLogger
-from workers.trial import EpochRecord, Trial
+from workers.run_tags import TAG_DEVICE, TAG_HOST, TAG_RAY_NODE
+from workers.trial import Trial
 
 CHECKPOINT_FILE = "trial_state.pt"
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
 ADAPTIVE_CHECKPOINT_RATIO = 20.0
 MIN_SECONDS_BETWEEN_CHECKPOINTS = 5.0
+# Metrics are sent to MLflow at most this often (and at every checkpoint and the end): one
+# request costs ~40 ms on a busy server, too much to pay for every epoch.
+SECONDS_BETWEEN_FLUSHES = 10.0
 
 
 def trial_payload(config: TrialConfig, trial_id: str, name: str, run_id: str, tracking_uri: str) -> dict[str, Any]:
@@ -75,22 +79,17 @@ class _CheckpointClock:
         self.last_epoch, self.save_seconds, self.last_time = epoch, seconds, time.monotonic()
 
 
-def _save_checkpoint(trial: Trial, history: list[dict], per_class_rows: list[dict], run_id: str,
-                     attempt_dir: Path) -> tune.Checkpoint:
-    folder = Path(tempfile.mkdtemp(dir=attempt_dir))
-    torch.save({"trial": trial.state_dict(), "history": history, "per_class_rows": per_class_rows,
-                "run_id": run_id}, folder / CHECKPOINT_FILE)
+def _save_checkpoint(trial: Trial, logger: TrialRunLogger, scratch: Path) -> tune.Checkpoint:
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    torch.save({"trial": trial.state_dict(), "history": logger.history,
+                "alignment_rows": logger.alignment_rows, "run_id": logger.run_id},
+               folder / CHECKPOINT_FILE)
     return tune.Checkpoint.from_directory(str(folder))
 
 
 def _load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
-
-
-def _per_class_rows(record: EpochRecord) -> list[dict]:
-    return [{"epoch": record.epoch, "metric": name, "class": k, "omega": value}
-            for name, values in record.per_class.items() for k, value in enumerate(values)]
 
 
 def run_tune_trial(tune_config: dict[str, Any]) -> None:
@@ -100,35 +99,36 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
     logger = TrialRunLogger(payload["tracking_uri"], payload["run_id"])
     try:
         trial = Trial(config)
-        history: list[dict] = []
-        per_class_rows: list[dict] = []
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             saved = _load_checkpoint(checkpoint)
             trial.load_state_dict(saved["trial"])
-            history, per_class_rows = saved["history"], saved["per_class_rows"]
-        logger.start({"xmem.device": _device_name(trial),
-                      "xmem.ray_node_id": ray.get_runtime_context().get_node_id(),
-                      "xmem.host": socket.gethostname()})
+            logger.history, logger.alignment_rows = saved["history"], saved["alignment_rows"]
+        logger.start({TAG_DEVICE: _device_name(trial),
+                      TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
+                      TAG_HOST: socket.gethostname()})
         clock = _CheckpointClock(config.checkpoint_every)
         clock.last_epoch = trial.epoch
+        last_flush = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="xmem-ckpt-") as scratch:
             for record in trial.run():
                 logger.log_record(record)
-                history.append(record.flat())
-                per_class_rows.extend(_per_class_rows(record))
                 report = {**record.flat(), "xmem_status": trial.status}
                 if clock.due(record.epoch, final=record.epoch >= config.epochs):
                     logger.flush()
                     started = time.monotonic()
-                    saved_checkpoint = _save_checkpoint(trial, history, per_class_rows,
-                                                        payload["run_id"], Path(scratch))
+                    saved_checkpoint = _save_checkpoint(trial, logger, Path(scratch))
                     tune.report(report, checkpoint=saved_checkpoint)  # Tune copies it to storage
                     shutil.rmtree(saved_checkpoint.path, ignore_errors=True)
                     clock.saved(record.epoch, time.monotonic() - started)
+                    last_flush = time.monotonic()
                 else:
                     tune.report(report)
-        logger.log_final_artifacts(config, history, per_class_rows, trial.model.state_dict())
+                    if time.monotonic() - last_flush >= SECONDS_BETWEEN_FLUSHES:
+                        logger.flush()
+                        last_flush = time.monotonic()
+        logger.flush()
+        logger.log_final_artifacts(config, logger.history, logger.alignment_rows, trial.model.state_dict())
         logger.finish(trial.status)
         tune.report({"epoch": trial.epoch, "xmem_status": trial.status, "xmem_done": True})
     except BaseException:

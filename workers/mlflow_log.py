@@ -1,0 +1,209 @@
+"""The worker's side of MLflow: log one trial into the run the driver created for it.
+
+This is the only module in ``workers`` that imports mlflow; it never imports ray. A Ray
+worker builds a ``TrialRunLogger`` from the tracking URI and the run id it was given::
+
+    logger = TrialRunLogger(tracking_uri, run_id)
+    logger.start({"xmem.device": "cpu", "xmem.ray_node_id": node_id})   # RUNNING, attempts+1
+    for record in trial.run():
+        logger.log_record(record)          # queued, nothing sent
+        logger.flush()                     # when the caller chooses: log_batch, <= 1000 a request
+    logger.log_final_artifacts(config, logger.history, logger.alignment_rows, model_state)
+    logger.finish("finished")              # or "diverged"; on an exception: logger.fail(text)
+
+What a run holds after it: metrics named as in ``workers.metrics`` with ``step = epoch``;
+tags ``xmem.status`` (running | finished | diverged | failed), ``xmem.attempts`` and the
+caller's tags; artifacts ``config.yaml``, ``history.parquet`` (one row per evaluated epoch:
+``epoch`` and one float column per metric, null where not measured), ``alignment.parquet``
+(rows ``epoch, metric, class, omega``; omega null where undefined), ``weights.pt`` and, for a
+failed attempt, ``error.txt``.
+
+Continuing a run: everything is addressed by run id, so a restarted worker makes a new
+logger on the same run and carries on. Metrics wait in ``pending`` until the server has
+accepted them; a failed request raises and leaves them queued for the next ``flush``.
+Resending a batch the server already stored adds nothing: the SQL store drops metrics
+identical in key, step, timestamp and value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunStatus, RunTag
+
+from workers import metrics
+from workers.config import TrialConfig
+from workers.run_tags import (STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
+                               TAG_ATTEMPTS, TAG_STATUS)
+from workers.trial import EpochRecord
+
+MAX_METRICS_PER_REQUEST = 1000  # MLflow's limit for one log_batch
+CONFIG_ARTIFACT = "config.yaml"
+HISTORY_ARTIFACT = "history.parquet"
+ALIGNMENT_ARTIFACT = "alignment.parquet"
+WEIGHTS_ARTIFACT = "weights.pt"
+ERROR_ARTIFACT = "error.txt"
+
+# The MLflow client's settings for this module's calls, applied only around them (a value
+# the user set in the environment wins). MLflow's HTTP client retries 7 times with backoff
+# 2 s (2, 4, ..., 128 s: about 4 minutes) and waits up to 120 s for an answer; a trial should
+# learn within seconds that the server is away and keep its queue instead: 3 retries (about
+# 1 + 2 + 4 s plus jitter) and 30 s per answer. Ending a run would also print "View run ... at"
+# to stdout, and fetch the run once more to do so.
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+_log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def client_env() -> Iterator[None]:
+    """Set ``CLIENT_ENV`` in the environment (where unset) for the calls inside."""
+    added = [name for name in CLIENT_ENV if name not in os.environ]
+    for name in added:
+        os.environ[name] = CLIENT_ENV[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+class TrialRunLogger:
+    """Logs one trial into an existing MLflow run, in batches, resumably."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.pending: list[Metric] = []
+        """Metrics queued by ``log_record`` and not yet accepted by the server, oldest first."""
+        self.history: list[dict[str, Any]] = []
+        """``record.flat()`` of every record logged through this logger."""
+        self.alignment_rows: list[dict[str, Any]] = []
+        """``alignment_rows(record)`` of every record logged through this logger."""
+        self.attempt: int | None = None
+        """This attempt's number (1 for the first), known after ``start``."""
+
+    def start(self, tags: dict[str, str]) -> None:
+        """Set the run RUNNING, tag it (``xmem.status`` running, ``tags``) and count the attempt."""
+        with client_env():
+            run = self.client.get_run(self.run_id)
+            self.attempt = _as_int(run.data.tags.get(TAG_ATTEMPTS)) + 1
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_record(self, record: EpochRecord) -> None:
+        """Queue every metric of ``record`` at ``step = record.epoch`` (sent by ``flush``)."""
+        timestamp_ms = int(time.time() * 1000)
+        self.pending.extend(Metric(key, float(value), timestamp_ms, record.epoch)
+                            for key, value in record.metrics.items())
+        self.history.append(record.flat())
+        self.alignment_rows.extend(alignment_rows(record))
+
+    def flush(self) -> None:
+        """Send the queued metrics, at most ``MAX_METRICS_PER_REQUEST`` per request.
+
+        A metric leaves the queue only once its request succeeded; on an error the rest stay
+        queued and the error propagates.
+        """
+        with client_env():
+            while self.pending:
+                chunk = self.pending[:MAX_METRICS_PER_REQUEST]
+                self.client.log_batch(self.run_id, metrics=chunk)
+                del self.pending[:len(chunk)]
+
+    def log_final_artifacts(self, config: TrialConfig, history: list[dict[str, Any]],
+                            per_class_rows: list[dict[str, Any]],
+                            model_state: dict[str, Any]) -> None:
+        """Upload config.yaml, history.parquet, alignment.parquet and weights.pt together.
+
+        ``history`` and ``per_class_rows`` are the whole trial's (``self.history`` and
+        ``self.alignment_rows`` hold only what this logger saw).
+        """
+        with tempfile.TemporaryDirectory(prefix="xmem-artifacts-") as folder:
+            folder_path = Path(folder)
+            (folder_path / CONFIG_ARTIFACT).write_text(
+                yaml.safe_dump(config.to_dict(), sort_keys=False))
+            pq.write_table(history_table(history), folder_path / HISTORY_ARTIFACT)
+            pq.write_table(alignment_table(per_class_rows), folder_path / ALIGNMENT_ARTIFACT)
+            torch.save(model_state, folder_path / WEIGHTS_ARTIFACT)
+            with client_env():
+                self.client.log_artifacts(self.run_id, folder)
+
+    def finish(self, status: str) -> None:
+        """Flush, tag ``xmem.status`` (finished or diverged) and end the run FINISHED."""
+        if status not in (STATUS_FINISHED, STATUS_DIVERGED):
+            raise ValueError(f"status must be {STATUS_FINISHED!r} or {STATUS_DIVERGED!r}, "
+                             f"got {status!r}")
+        self.flush()
+        self._terminate(status, RunStatus.FINISHED)
+
+    def fail(self, error_text: str) -> None:
+        """Send what it can, attach ``error.txt``, tag ``xmem.status`` failed, end FAILED.
+
+        A failing flush is logged and skipped (the metrics stay in ``pending``); errors of
+        the remaining calls propagate.
+        """
+        try:
+            self.flush()
+        except Exception as error:  # the run must still end FAILED
+            _log.warning("could not send %d queued metrics of run %s: %s",
+                         len(self.pending), self.run_id, error)
+        with client_env():
+            self.client.log_text(self.run_id, error_text, ERROR_ARTIFACT)
+        self._terminate(STATUS_FAILED, RunStatus.FAILED)
+
+    def _terminate(self, xmem_status: str, run_status: int) -> None:
+        with client_env():
+            self.client.log_batch(self.run_id, tags=[RunTag(TAG_STATUS, xmem_status)])
+            self.client.set_terminated(self.run_id, status=RunStatus.to_string(run_status))
+
+
+def alignment_rows(record: EpochRecord) -> list[dict[str, Any]]:
+    """One row per (alignment metric, class) of ``record``: epoch, metric, class, omega."""
+    return [{metrics.EPOCH: record.epoch, "metric": name, "class": k, "omega": omega}
+            for name, values in record.per_class.items()
+            for k, omega in enumerate(values)]
+
+
+def history_table(history: list[dict[str, Any]]) -> pa.Table:
+    """``epoch`` (int64) then one float64 column per metric, in order of first appearance;
+    null where a row lacks the metric (alignment is measured on some epochs only)."""
+    names: dict[str, None] = {}
+    for row in history:
+        names.update((key, None) for key in row if key != metrics.EPOCH)
+    columns = {metrics.EPOCH: pa.array([row[metrics.EPOCH] for row in history], pa.int64())}
+    for name in names:
+        columns[name] = pa.array([row.get(name) for row in history], pa.float64())
+    return pa.table(columns)
+
+
+def alignment_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The per-class alignment rows as a table (omega null where undefined)."""
+    schema = pa.schema([(metrics.EPOCH, pa.int64()), ("metric", pa.string()),
+                        ("class", pa.int64()), ("omega", pa.float64())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _as_int(text: str | None) -> int:
+    try:
+        return int(text) if text is not None else 0
+    except ValueError:
+        return 0

@@ -1,0 +1,21 @@
+"""MLflow tag names and trial statuses: shared by the driver (``orchestrator.tracking``) and
+the worker (``workers.mlflow_log``), defined once here. Plain strings; imports nothing."""
+
+TAG_SWEEP = "xmem.sweep"
+TAG_ROLE = "xmem.role"                # parent | trial
+TAG_TRIAL_ID = "xmem.trial_id"
+TAG_VERSION = "xmem.version"
+TAG_GIT_COMMIT = "xmem.git_commit"
+TAG_ATTEMPTS = "xmem.attempts"        # how many times a worker started the trial
+TAG_TRIAL_COUNT = "xmem.trial_count"  # on the parent run
+TAG_STATUS = "xmem.status"            # running | finished | diverged | failed
+TAG_DEVICE = "xmem.device"            # cpu or the GPU's name
+TAG_RAY_NODE = "xmem.ray_node_id"
+TAG_HOST = "xmem.host"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"      # the description the MLflow UI shows
+TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+
+ROLE_PARENT, ROLE_TRIAL = "parent", "trial"
+STATUS_RUNNING, STATUS_FINISHED, STATUS_DIVERGED, STATUS_FAILED = (
+    "running", "finished", "diverged", "failed")
