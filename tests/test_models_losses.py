@@ -34,7 +34,7 @@ def test_first_layer_std_is_sigma_and_top_is_glorot(sigma):
 def test_no_sigma_means_glorot_first_layer():
     model = build_model(_config(sigma=None, hidden=256), (1, 8, 8), 10)
     limit = math.sqrt(6 / (64 + 256))
-    assert float(model.hidden.weight.abs().max()) <= limit
+    assert float(model.hidden.weight.detach().abs().max()) <= limit
     assert float(model.hidden.weight.std()) == pytest.approx(limit / math.sqrt(3), rel=0.05)
 
 

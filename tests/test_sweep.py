@@ -1,0 +1,136 @@
+"""``xmem sweep`` end to end: real Ray cluster, real MLflow server, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.sweep import run_sweep
+from workers import metrics
+from workers.config import TrialConfig
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+defaults:
+  dataset: digits
+  hidden: 32
+  train_size: 200
+  test_size: 100
+  probe_per_class: 5
+  epochs: 4
+  eval_every: 1
+  align_every: 2
+  data_dir: {data_dir}
+"""
+
+
+def _spec(tmp_path: Path, body: str, name: str | None = None) -> tuple[Path, str]:
+    name = name or f"t-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + TINY.format(data_dir=tmp_path / "data") + body)
+    return path, name
+
+
+def test_small_sweep_is_tracked_in_mlflow_and_a_raising_trial_fails_alone(
+        tmp_path, ray_cluster, mlflow_server):
+    spec, name = _spec(tmp_path, """
+grid:
+  sigma: [0.01, 10.0]
+  seed: [0]
+include:
+  - {sigma: 1.0, data_file: /nonexistent/table.parquet}
+max_failures: 0
+""")
+    lines: list[str] = []
+    outcome = run_sweep(str(spec), address=ray_cluster, tracking_uri=mlflow_server.uri,
+                        storage=str(tmp_path / "store"), echo=lines.append)
+    output = "\n".join(lines)
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    by_id = {r.data.tags["xmem.trial_id"]: r for r in children}
+    assert set(by_id) == {t.trial_id for t in outcome.trials}
+
+    for trial in outcome.trials:
+        run = by_id[trial.trial_id]
+        assert run.info.run_name == trial.name
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["xmem.sweep"] == name
+        assert run.data.params["sigma"] == str(trial.config.sigma)
+        assert set(run.data.params) == set(TrialConfig.keys())
+        if trial.config.data_file:
+            assert run.info.status == "FAILED"
+            assert run.data.tags["xmem.status"] == "failed"
+            error = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+            assert "table.parquet" in Path(error).read_text()
+            continue
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["xmem.status"] == "finished"
+        assert run.data.tags["xmem.device"] == "cpu"
+        assert run.data.tags["xmem.ray_node_id"]
+        assert run.data.tags["xmem.attempts"] == "1"
+        history = client.get_metric_history(run.info.run_id, metrics.TRAIN_ACC)
+        assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]   # one value per step
+        aligned = client.get_metric_history(run.info.run_id, metrics.ALIGN_GRAD)
+        assert sorted(m.step for m in aligned) == [0, 2, 4]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "history.parquet", "alignment.parquet", "weights.pt"} <= artifacts
+        table = pq.read_table(client.download_artifacts(run.info.run_id, "history.parquet", str(tmp_path)))
+        assert table.column("epoch").to_pylist() == [0, 1, 2, 3, 4]
+        final = table.column(metrics.TRAIN_ACC).to_pylist()[-1]
+        assert math.isclose(final, run.data.metrics[metrics.TRAIN_ACC])
+
+    statuses = {row["name"]: row["status"] for row in outcome.rows}
+    assert sorted(statuses.values()) == ["failed", "finished", "finished"]
+    assert "failed" in output and "best test acc" in output and "finished" in output
+
+
+def test_dry_run_prints_the_trials_and_creates_nothing(tmp_path, mlflow_server):
+    spec, name = _spec(tmp_path, "grid:\n  sigma: [0.1, 1.0, 10.0]\n  seed: [0, 1]\n")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--dry-run", "--storage", str(store),
+                                       "--tracking-uri", mlflow_server.uri])
+    assert result.exit_code == 0, result.output
+    assert "6 trials" in result.output and "sigma10-seed1" in result.output
+    assert not store.exists()
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
+
+
+BAD_SPECS = {
+    "yaml syntax": ("grid:\n  sigma: [0.1, 1.0\n", "line"),
+    "unknown top-level key": ("grid: {sigma: [1.0]}\ngird: {}\n", "gird"),
+    "unknown trial key": ("grid: {sigmaa: [1.0]}\n", "sigmaa"),
+    "wrong type": ("grid: {sigma: [1.0]}\nmax_failures: two\n", "max_failures"),
+    "out of range": ("grid: {sigma: [1.0, -1.0]}\n", "grid.sigma[1]"),
+    "unknown activation": ("grid: {activation: [sin, tanh]}\n", "tanh"),
+    "empty grid": ("grid: {}\n", "nothing to run"),
+    "empty grid values": ("grid: {sigma: []}\n", "grid.sigma"),
+    "duplicate trials": ("grid: {sigma: [1.0]}\ninclude: [{sigma: 1.0}]\n", "duplicate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_exits_2_with_a_clear_message_and_creates_nothing(tmp_path, mlflow_server, case):
+    body, expected = BAD_SPECS[case]
+    spec, name = _spec(tmp_path, body)
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--storage", str(store),
+                                       "--tracking-uri", mlflow_server.uri])
+    assert result.exit_code == 2, result.output
+    assert str(spec) in result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert not store.exists()
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
