@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.resume import Action, TrialState, decide
 from orchestrator.progress import SweepProgress, format_results_table, format_seconds
 from orchestrator.spec import SweepSpec, TrialPoint, expand_trials, format_trial_table, load_spec, resolve_setting
 from workers import metrics
 from workers.config import TrialConfig
-from workers.run_tags import TAG_STATUS
+from workers.run_tags import TAG_SPEC_PATH, TAG_STATUS, TAG_STORAGE
 
 DEFAULT_STORAGE = "xmem-runs"
 MLFLOW_FOLDER = "mlflow"
@@ -85,9 +86,14 @@ def varying_keys(trials: list[TrialPoint]) -> list[str]:
 
 
 def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str | None = None,
-              storage: str | None = None, dry_run: bool = False,
+              storage: str | None = None, dry_run: bool = False, restart_failed: bool = False,
               echo: Callable[[str], None] = print, live: bool = False) -> SweepOutcome | None:
-    """Run (or, with ``dry_run``, only show) the sweep in ``spec_path``. See the module doc."""
+    """Run (or, with ``dry_run``, only show) the sweep in ``spec_path``. See the module doc.
+
+    Rerunning a sweep that exists in the tracking server resumes it (``orchestrator.resume``):
+    finished trials are kept, interrupted or failed ones continue from their latest
+    checkpoint (``restart_failed``: failed ones start over), new grid points run.
+    """
     started = time.perf_counter()
     spec = load_spec(spec_path)
     trials = expand_trials(spec)
@@ -97,6 +103,7 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         return None
 
     from orchestrator import tracking, tune_runner  # heavy imports only past validation
+    from orchestrator.checkpoints import latest_checkpoints
 
     settings = resolve_settings(spec, address, tracking_uri, storage)
     timings: dict[str, float] = {}
@@ -123,18 +130,27 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         tracker = tracking.SweepTracker(uri, spec.name)
         tracker.ensure_experiment(spec.description)
         parent_run_id = tracker.start_parent_run(spec.raw, len(trials))
-        run_ids = tracker.create_trial_runs(trials, parent_run_id)
+        tracker.tag_parent_run({TAG_STORAGE: settings.storage, TAG_SPEC_PATH: str(Path(spec_path).resolve())})
+
+        plan = plan_sweep(trials, tracker.trial_runs(), latest_checkpoints(settings.storage, spec.name),
+                          restart_failed)
+        for line in plan.describe():
+            echo(line)
+        run_ids = tracker.create_trial_runs(plan.to_run, parent_run_id)
 
         from workers.tune_trial import trial_payload
 
-        payloads = [trial_payload(worker_config(t.config), t.trial_id, t.name, run_ids[t.trial_id], uri)
-                    for t in trials]
-        progress = SweepProgress({t.trial_id: t.config.epochs for t in trials}, echo=echo, live=live)
+        payloads = [trial_payload(worker_config(t.config), t.trial_id, t.name, run_ids[t.trial_id], uri,
+                                  resume_from=plan.checkpoints.get(t.trial_id))
+                    for t in plan.to_run]
         trials_started = time.perf_counter()
-        tune_runner.run_trials(spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
-                               gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
-                               max_failures=spec.max_failures, events=progress)
-        progress.close()
+        if payloads:
+            progress = SweepProgress({t.trial_id: t.config.epochs for t in plan.to_run}, echo=echo, live=live)
+            tune_runner.run_trials(spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
+                                   gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
+                                   max_failures=spec.max_failures, events=progress,
+                                   session=time.strftime("%Y%m%d-%H%M%S"))
+            progress.close()
         timings["trials_s"] = time.perf_counter() - trials_started
 
         runs = tracker.trial_runs()
@@ -154,11 +170,57 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     echo(f"{len(trials)} trial(s) in {format_seconds(timings['total_s'])} "
          f"(Ray start-up {timings['ray_start_s']:.1f} s"
          + (f", MLflow server ready after {timings['mlflow_start_s']:.1f} s" if server else "") + ")")
+    if failed:
+        echo(f"{failed} trial(s) failed (error.txt in their MLflow runs). Rerun to resume them: "
+             f"xmem sweep {spec_path}  (or add --restart-failed to start them over)")
     if server is not None:
         echo(f"Browse the runs: xmem ui --store {server.root}   (MLflow experiment '{spec.name}')")
     else:
         echo(f"Browse the runs: {url}")
     return SweepOutcome(spec, trials, rows, uri, url, timings)
+
+
+@dataclass
+class SweepPlan:
+    """What this invocation does with each trial (``orchestrator.resume.decide``)."""
+
+    actions: dict[str, Action]           # trial id -> action
+    to_run: list[TrialPoint]             # every trial not skipped, in spec order
+    checkpoints: dict[str, str]          # trial id -> checkpoint to resume from (RESUME only)
+    stale_runs: list[str]                # names of runs whose trial id is not in the spec
+
+    def describe(self) -> list[str]:
+        counts = {action: sum(a == action for a in self.actions.values()) for action in Action}
+        if counts[Action.NEW] == len(self.actions):
+            lines = []
+        else:
+            lines = [f"resuming: {counts[Action.SKIP]} finished (kept), {counts[Action.RESUME]} resumed "
+                     f"from checkpoints, {counts[Action.RESTART]} restarted, {counts[Action.NEW]} new"]
+        if self.stale_runs:
+            shown = ", ".join(self.stale_runs[:5]) + (" ..." if len(self.stale_runs) > 5 else "")
+            lines.append(f"note: {len(self.stale_runs)} run(s) in this experiment belong to trial configs "
+                         f"that are no longer in the spec ({shown}); the spec's defaults or grid changed, "
+                         "so those trials have new ids: the old runs are kept and not mixed with the new ones")
+        return lines
+
+
+def plan_sweep(trials: list[TrialPoint], runs: dict[str, Any], checkpoints: dict[str, str],
+               restart_failed: bool) -> SweepPlan:
+    """Apply the resume decision to every trial, given the tracker's runs by trial id."""
+    actions: dict[str, Action] = {}
+    for trial in trials:
+        run = runs.get(trial.trial_id)
+        state = TrialState(run_status=run.info.status if run else None,
+                           xmem_status=run.data.tags.get(TAG_STATUS) if run else None,
+                           checkpoint=checkpoints.get(trial.trial_id))
+        actions[trial.trial_id] = decide(state, restart_failed)
+    ids = set(actions)
+    return SweepPlan(
+        actions=actions,
+        to_run=[t for t in trials if actions[t.trial_id] is not Action.SKIP],
+        checkpoints={tid: checkpoints[tid] for tid, a in actions.items() if a is Action.RESUME},
+        stale_runs=sorted(run.info.run_name for tid, run in runs.items() if tid not in ids),
+    )
 
 
 def _result_row(trial: TrialPoint, run: Any) -> dict[str, Any]:

@@ -389,6 +389,10 @@ class SweepTracker:
         """trial_id -> its run (active runs only), from one paginated search."""
         return {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
 
+    def tag_parent_run(self, tags: dict[str, str]) -> None:
+        """Set tags on this sweep's parent run (after ``start_parent_run``)."""
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def finish_parent_run(self, status: str = "FINISHED") -> None:
         """End the parent run with ``status`` (FINISHED, FAILED or KILLED)."""
         if self.parent_run_id is None:

@@ -90,12 +90,14 @@ class TrialEvents:
 
 def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str, cpu: float,
                gpu: float, max_concurrent: int | None, max_failures: int,
-               events: TrialEvents) -> None:
+               events: TrialEvents, session: str) -> None:
     """Run every trial payload (``workers.tune_trial.trial_payload``) as one Tune experiment.
 
     Each trial holds ``cpu`` CPUs and ``gpu`` GPUs (fractions pack trials on a GPU), is
     retried up to ``max_failures`` times from its latest checkpoint, and keeps its last two
-    checkpoints under ``storage/<sweep_name>``.
+    checkpoints under ``storage/<sweep_name>/<trial name>-<trial id>-<session>``: every
+    invocation writes its own trial folders, so a resumed trial never overwrites the
+    checkpoint it started from.
     """
     names = {p["trial_id"]: p["name"] for p in payloads}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
@@ -106,7 +108,8 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # one worker process (and one torch import) per slot, not per trial
             trial_name_creator=lambda t: names[t.config["xmem"]["trial_id"]],
-            trial_dirname_creator=lambda t: f'{names[t.config["xmem"]["trial_id"]]}-{t.config["xmem"]["trial_id"]}',
+            trial_dirname_creator=lambda t: (f'{names[t.config["xmem"]["trial_id"]]}-'
+                                             f'{t.config["xmem"]["trial_id"]}-{session}'),
         ),
         run_config=tune.RunConfig(
             name=sweep_name,

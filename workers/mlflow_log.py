@@ -99,21 +99,31 @@ class TrialRunLogger:
         """``alignment_rows(record)`` of every record logged through this logger."""
         self.attempt: int | None = None
         """This attempt's number (1 for the first), known after ``start``."""
+        self.logged_through: dict[str, int] = {}
+        """metric name -> the last step earlier attempts logged (known after ``start``)."""
 
     def start(self, tags: dict[str, str]) -> None:
-        """Set the run RUNNING, tag it (``xmem.status`` running, ``tags``) and count the attempt."""
+        """Set the run RUNNING, tag it (``xmem.status`` running, ``tags``), count the attempt,
+        and learn which steps earlier attempts already logged (``logged_through``)."""
         with client_env():
             run = self.client.get_run(self.run_id)
             self.attempt = _as_int(run.data.tags.get(TAG_ATTEMPTS)) + 1
+            # An attempt that resumes from a checkpoint (or restarts) replays epochs an earlier
+            # attempt may have logged already: each metric keeps exactly one value per step.
+            self.logged_through = {
+                key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
+                for key in run.data.metrics}
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_record(self, record: EpochRecord) -> None:
-        """Queue every metric of ``record`` at ``step = record.epoch`` (sent by ``flush``)."""
+        """Queue every metric of ``record`` at ``step = record.epoch`` (sent by ``flush``),
+        except those an earlier attempt of this run already logged at that step."""
         timestamp_ms = int(time.time() * 1000)
         self.pending.extend(Metric(key, float(value), timestamp_ms, record.epoch)
-                            for key, value in record.metrics.items())
+                            for key, value in record.metrics.items()
+                            if record.epoch > self.logged_through.get(key, -1))
         self.history.append(record.flat())
         self.alignment_rows.extend(alignment_rows(record))
 

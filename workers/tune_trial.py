@@ -2,16 +2,24 @@
 
 What one call does, in order:
 1. rebuild the ``TrialConfig`` sent by the driver; run on CUDA only when Ray gave this trial a GPU;
-2. open the trial's MLflow run (created by the driver) through ``workers.mlflow_log``;
-3. restore the latest Tune checkpoint when there is one (a retry or a resumed sweep);
-4. train, logging each evaluated epoch to MLflow and reporting it to Tune, and save a
-   checkpoint every ``checkpoint_every`` epochs (or adaptively, at about 5% of the time);
+2. restore the latest checkpoint when there is one: Tune's own (an automatic retry) or the one
+   the driver found in storage (a resumed sweep); otherwise start at epoch 0;
+3. continue the trial's MLflow run (created by the driver) through ``workers.mlflow_log``;
+   steps an earlier attempt already logged are not logged again;
+4. train, reporting each evaluated epoch to Tune, sending metrics to MLflow every few seconds,
+   and saving a checkpoint every ``checkpoint_every`` epochs (or adaptively, ~5% of the time);
 5. log the final artifacts and end the run FINISHED (finished or diverged), or FAILED with the
    error text before re-raising so that Tune can retry from the checkpoint.
+
+While the tracking server is unreachable the trial keeps training and queues its metrics; it
+fails (to be resumed later) only when the server stays away longer than
+``XMEM_TRACKING_WAIT_S`` seconds (default 600).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import tempfile
@@ -25,11 +33,13 @@ import torch
 from ray import tune
 
 from workers.config import TrialConfig
+from workers.errors import XmemError
 from workers.mlflow_log import TrialRunLogger
-from workers.run_tags import TAG_DEVICE, TAG_HOST, TAG_RAY_NODE
+from workers.run_tags import TAG_DEVICE, TAG_HOST, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH
 from workers.trial import Trial
 
 CHECKPOINT_FILE = "trial_state.pt"
+CHECKPOINT_INFO_FILE = "xmem_checkpoint.json"  # {trial_id, epoch, run_id}: found without torch
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
 ADAPTIVE_CHECKPOINT_RATIO = 20.0
@@ -37,12 +47,22 @@ MIN_SECONDS_BETWEEN_CHECKPOINTS = 5.0
 # Metrics are sent to MLflow at most this often (and at every checkpoint and the end): one
 # request costs ~40 ms on a busy server, too much to pay for every epoch.
 SECONDS_BETWEEN_FLUSHES = 10.0
+TRACKING_RETRY_PAUSE_S = 2.0
 
 
-def trial_payload(config: TrialConfig, trial_id: str, name: str, run_id: str, tracking_uri: str) -> dict[str, Any]:
-    """What the driver puts in Tune's param space for one trial (plain, picklable values)."""
+def tracking_wait_seconds() -> float:
+    """How long a trial keeps going without its tracking server before it fails."""
+    return float(os.environ.get("XMEM_TRACKING_WAIT_S", "600"))
+
+
+def trial_payload(config: TrialConfig, trial_id: str, name: str, run_id: str, tracking_uri: str,
+                  resume_from: str | None = None) -> dict[str, Any]:
+    """What the driver puts in Tune's param space for one trial (plain, picklable values).
+
+    ``resume_from``: a checkpoint folder (local path or URI) an earlier sweep run left.
+    """
     return {"trial": config.to_dict(), "trial_id": trial_id, "name": name,
-            "run_id": run_id, "tracking_uri": tracking_uri}
+            "run_id": run_id, "tracking_uri": tracking_uri, "resume_from": resume_from}
 
 
 def _device_for_this_worker(config: TrialConfig) -> TrialConfig:
@@ -79,11 +99,13 @@ class _CheckpointClock:
         self.last_epoch, self.save_seconds, self.last_time = epoch, seconds, time.monotonic()
 
 
-def _save_checkpoint(trial: Trial, logger: TrialRunLogger, scratch: Path) -> tune.Checkpoint:
+def _save_checkpoint(trial: Trial, logger: TrialRunLogger, trial_id: str, scratch: Path) -> tune.Checkpoint:
     folder = Path(tempfile.mkdtemp(dir=scratch))
     torch.save({"trial": trial.state_dict(), "history": logger.history,
                 "alignment_rows": logger.alignment_rows, "run_id": logger.run_id},
                folder / CHECKPOINT_FILE)
+    (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(
+        {"trial_id": trial_id, "epoch": trial.epoch, "run_id": logger.run_id}))
     return tune.Checkpoint.from_directory(str(folder))
 
 
@@ -92,45 +114,91 @@ def _load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
         return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
 
+class _PatientTracking:
+    """Calls into MLflow that tolerate an unreachable server for ``tracking_wait_seconds()``."""
+
+    def __init__(self, logger: TrialRunLogger):
+        self.logger = logger
+        self.down_since: float | None = None
+        self.last_flush = time.monotonic()
+
+    def _give_up(self, error: Exception) -> XmemError:
+        return XmemError(f"the MLflow tracking server {self.logger.tracking_uri} was unreachable for "
+                         f"more than {tracking_wait_seconds():g} s ({error}); {len(self.logger.pending)} "
+                         "metric values are kept in the checkpoint's history; rerun the sweep to resume")
+
+    def call(self, function, *args) -> Any:
+        """Retry ``function`` until it succeeds or the server has been away too long."""
+        while True:
+            try:
+                result = function(*args)
+                self.down_since = None
+                return result
+            except Exception as error:  # the MLflow client raises several types
+                now = time.monotonic()
+                self.down_since = self.down_since or now
+                if now - self.down_since > tracking_wait_seconds():
+                    raise self._give_up(error) from error
+                time.sleep(TRACKING_RETRY_PAUSE_S)
+
+    def flush_now_and_then(self, force: bool = False) -> None:
+        """Flush if due; on failure keep the queue and go on training (within the bound)."""
+        now = time.monotonic()
+        if not force and now - self.last_flush < SECONDS_BETWEEN_FLUSHES:
+            return
+        self.last_flush = now
+        try:
+            self.logger.flush()
+            self.down_since = None
+        except Exception as error:
+            self.down_since = self.down_since or now
+            if now - self.down_since > tracking_wait_seconds():
+                raise self._give_up(error) from error
+
+
 def run_tune_trial(tune_config: dict[str, Any]) -> None:
     """Tune function trainable; ``tune_config["xmem"]`` is a ``trial_payload``."""
     payload = tune_config["xmem"]
     config = _device_for_this_worker(TrialConfig.from_mapping(payload["trial"], source="sweep trial"))
     logger = TrialRunLogger(payload["tracking_uri"], payload["run_id"])
+    tracking = _PatientTracking(logger)
     try:
         trial = Trial(config)
         checkpoint = tune.get_checkpoint()
+        if checkpoint is None and payload.get("resume_from"):
+            checkpoint = tune.Checkpoint(payload["resume_from"])
         if checkpoint is not None:
             saved = _load_checkpoint(checkpoint)
             trial.load_state_dict(saved["trial"])
             logger.history, logger.alignment_rows = saved["history"], saved["alignment_rows"]
-        logger.start({TAG_DEVICE: _device_name(trial),
-                      TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
-                      TAG_HOST: socket.gethostname()})
+        tracking.call(logger.start, {
+            TAG_DEVICE: _device_name(trial), TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
+            TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+            TAG_START_EPOCH: str(trial.epoch)})
         clock = _CheckpointClock(config.checkpoint_every)
         clock.last_epoch = trial.epoch
-        last_flush = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="xmem-ckpt-") as scratch:
             for record in trial.run():
                 logger.log_record(record)
                 report = {**record.flat(), "xmem_status": trial.status}
                 if clock.due(record.epoch, final=record.epoch >= config.epochs):
-                    logger.flush()
+                    tracking.flush_now_and_then(force=True)
                     started = time.monotonic()
-                    saved_checkpoint = _save_checkpoint(trial, logger, Path(scratch))
+                    saved_checkpoint = _save_checkpoint(trial, logger, payload["trial_id"], Path(scratch))
                     tune.report(report, checkpoint=saved_checkpoint)  # Tune copies it to storage
                     shutil.rmtree(saved_checkpoint.path, ignore_errors=True)
                     clock.saved(record.epoch, time.monotonic() - started)
-                    last_flush = time.monotonic()
                 else:
                     tune.report(report)
-                    if time.monotonic() - last_flush >= SECONDS_BETWEEN_FLUSHES:
-                        logger.flush()
-                        last_flush = time.monotonic()
-        logger.flush()
-        logger.log_final_artifacts(config, logger.history, logger.alignment_rows, trial.model.state_dict())
-        logger.finish(trial.status)
+                    tracking.flush_now_and_then()
+        tracking.call(logger.flush)
+        tracking.call(logger.log_final_artifacts, config, logger.history, logger.alignment_rows,
+                      trial.model.state_dict())
+        tracking.call(logger.finish, trial.status)
         tune.report({"epoch": trial.epoch, "xmem_status": trial.status, "xmem_done": True})
     except BaseException:
-        logger.fail(traceback.format_exc())
+        try:
+            logger.fail(traceback.format_exc())
+        except Exception:  # the server may be the reason we are failing
+            pass
         raise

@@ -16,12 +16,18 @@ from orchestrator.cli import main
               help="MLflow tracking server (else MLFLOW_TRACKING_URI, else the spec's, else an embedded server).")
 @click.option("--storage", metavar="PATH", help="Tune storage: local dir, NFS or s3:// (else the spec's, else ./xmem-runs).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec, print the expanded trials, and exit.")
-def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str | None, dry_run: bool) -> None:
+@click.option("--restart-failed", is_flag=True,
+              help="Start failed trials over from epoch 0 (in their same MLflow run) instead of resuming them.")
+def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str | None, dry_run: bool,
+          restart_failed: bool) -> None:
     """Run every trial of the sweep SPEC (YAML) and print a results table.
+
+    Rerunning a sweep resumes it: finished trials are kept, interrupted or failed ones continue
+    from their latest checkpoint, and new grid points run.
 
     Example: xmem sweep experiments/quickstart.yaml
     """
     from orchestrator.sweep import run_sweep
 
     run_sweep(spec, address=address, tracking_uri=tracking_uri, storage=storage, dry_run=dry_run,
-              echo=click.echo, live=sys.stdout.isatty())
+              restart_failed=restart_failed, echo=click.echo, live=sys.stdout.isatty())

@@ -1,0 +1,57 @@
+"""Finding trials' latest checkpoints in a sweep's Tune storage (local, NFS or s3://).
+
+Layout written by Tune and ``workers.tune_trial``::
+
+    <storage>/<sweep>/<trial name>-<trial id>-<session>/checkpoint_000003/
+        trial_state.pt          the engine's state, history, per-class rows, MLflow run id
+        xmem_checkpoint.json    {"trial_id", "epoch", "run_id"}: read here without torch
+
+Every ``xmem sweep`` invocation (a session) gets its own trial folders, so a resumed trial
+never writes into the folder it resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+
+CHECKPOINT_INFO_FILE = "xmem_checkpoint.json"  # the same name as workers.tune_trial's
+
+
+def latest_checkpoints(storage: str, sweep_name: str) -> dict[str, str]:
+    """trial id -> the folder of its checkpoint with the highest epoch (URI or local path).
+
+    ``storage`` is an absolute local path or a URI (``s3://bucket/prefix``).
+    """
+    filesystem, root = pafs.FileSystem.from_uri(storage)
+    sweep_root = f"{root.rstrip('/')}/{sweep_name}"
+    best: dict[str, tuple[int, str]] = {}
+    for trial_dir in _children(filesystem, sweep_root):
+        for checkpoint_dir in _children(filesystem, trial_dir):
+            if not checkpoint_dir.rsplit("/", 1)[-1].startswith("checkpoint_"):
+                continue
+            info = _read_json(filesystem, f"{checkpoint_dir}/{CHECKPOINT_INFO_FILE}")
+            if info is None:
+                continue
+            trial_id, epoch = info.get("trial_id"), int(info.get("epoch", -1))
+            if trial_id and epoch > best.get(trial_id, (-1, ""))[0]:
+                best[trial_id] = (epoch, checkpoint_dir)
+    scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+    return {tid: scheme + path for tid, (_, path) in best.items()}
+
+
+def _children(filesystem: pafs.FileSystem, path: str) -> list[str]:
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    return [info.path for info in infos if info.type == pafs.FileType.Directory]
+
+
+def _read_json(filesystem: pafs.FileSystem, path: str) -> dict | None:
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read().decode())
+    except (OSError, ValueError):
+        return None
