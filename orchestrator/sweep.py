@@ -146,14 +146,19 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         trials_started = time.perf_counter()
         if payloads:
             progress = SweepProgress({t.trial_id: t.config.epochs for t in plan.to_run}, echo=echo, live=live)
-            tune_runner.run_trials(spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
-                                   gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
-                                   max_failures=spec.max_failures, events=progress,
-                                   session=time.strftime("%Y%m%d-%H%M%S"))
+            errors = tune_runner.run_trials(
+                spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
+                gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
+                max_failures=spec.max_failures, events=progress, session=time.strftime("%Y%m%d-%H%M%S"))
             progress.close()
         timings["trials_s"] = time.perf_counter() - trials_started
 
         runs = tracker.trial_runs()
+        for trial_id, error in (errors if payloads else {}).items():
+            run = runs.get(trial_id)
+            if run is not None and run.info.status not in ("FINISHED", "FAILED"):
+                tracker.mark_trial_failed(run.info.run_id, error)  # its worker died silently
+        runs = tracker.trial_runs() if payloads and errors else runs
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
         failed = sum(row["status"] == "failed" for row in rows)
         tracker.finish_parent_run("FAILED" if failed else "FINISHED")

@@ -20,6 +20,10 @@ This is the only driver module that imports mlflow (the worker side has
 
 Every run is found again by its tags, never by remembering ids on the driver: running the
 same sweep twice reuses the experiment, the parent run and each trial's run.
+
+Reading a sweep back (``xmem export``, ``xmem report``): ``SweepTracker.open_existing``,
+``trial_records`` and ``metric_histories`` return plain data (``TrialRecord``, tuples), so no
+MLflow entity leaves this module; ``log_to_parent_run`` uploads a report's files.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from workers.config import TrialConfig
 from workers.errors import XmemError
 from workers.run_tags import (ROLE_PARENT, ROLE_TRIAL, TAG_ATTEMPTS, TAG_GIT_COMMIT,
                                TAG_MLFLOW_GIT_COMMIT, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE,
-                               TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_VERSION)
+                               TAG_STATUS, TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_VERSION,
+                               STATUS_FAILED)
 
 SPEC_ARTIFACT = "spec.yaml"
 
@@ -393,6 +398,14 @@ class SweepTracker:
         """Set tags on this sweep's parent run (after ``start_parent_run``)."""
         self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def mark_trial_failed(self, run_id: str, error_text: str) -> None:
+        """End a trial's run FAILED from the driver, with ``error.txt``: for a worker that
+        died without a word (killed, out of memory) and so could not end its run itself."""
+        with _env_default("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"):
+            self.client.log_text(run_id, error_text, "error.txt")
+            self.client.set_tag(run_id, TAG_STATUS, STATUS_FAILED)
+            self.client.set_terminated(run_id, status="FAILED")
+
     def finish_parent_run(self, status: str = "FINISHED") -> None:
         """End the parent run with ``status`` (FINISHED, FAILED or KILLED)."""
         if self.parent_run_id is None:
@@ -411,6 +424,90 @@ class SweepTracker:
         if self.tracking_uri.startswith(("http://", "https://")):
             return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
         return f"experiment {experiment_id} in {self.tracking_uri}"
+
+    # --- reading a sweep back (xmem export, xmem report) ------------------------------
+    def open_existing(self) -> str:
+        """The id of the sweep's experiment, which must exist (read commands create nothing).
+
+        Raises:
+            XmemError: no active experiment of that name (the message lists the sweeps that
+                exist), or the server cannot be reached.
+        """
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            experiment = self.client.get_experiment_by_name(self.sweep_name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            existing = sweep_names(self.tracking_uri)
+            listing = (f"sweeps there: {', '.join(existing)}" if existing
+                       else "there are no sweeps there yet (run one: xmem sweep SPEC.yaml)")
+            raise XmemError(f"no sweep named '{self.sweep_name}' on {self.tracking_uri}; {listing}")
+        self.experiment_id = experiment.experiment_id
+        return self.experiment_id
+
+    def trial_records(self) -> list[TrialRecord]:
+        """Every trial run of the sweep, in the order the runs were created (the spec's).
+
+        Raises:
+            XmemError: as ``open_existing`` (a read never creates the experiment).
+        """
+        if self.experiment_id is None:
+            self.open_existing()
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            runs = self._trial_run_list()
+        runs.sort(key=lambda run: (run.info.start_time or 0, run.info.run_name or ""))
+        return [_trial_record(run) for run in runs]
+
+    def metric_histories(self, records: Iterable[TrialRecord]
+                         ) -> dict[str, dict[str, list[tuple[int, int, float]]]]:
+        """run_id -> metric name -> every logged (step, timestamp_ms, value).
+
+        One request per (run, metric) for the metrics each run has, ``HISTORY_THREADS`` at
+        a time. A step logged twice (an attempt that re-ran epochs after a restart) appears
+        twice; the caller picks the latest.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [(record.run_id, key) for record in records for key in record.latest]
+
+        def fetch(job: tuple[str, str]) -> list[tuple[int, int, float]]:
+            return [(int(m.step), int(m.timestamp), float(m.value))
+                    for m in self.client.get_metric_history(*job)]
+
+        histories: dict[str, dict[str, list[tuple[int, int, float]]]] = {}
+        with _read_client_env(), _server_errors(self.tracking_uri), \
+                ThreadPoolExecutor(max_workers=HISTORY_THREADS) as pool:
+            for (run_id, key), points in zip(jobs, pool.map(fetch, jobs)):
+                histories.setdefault(run_id, {})[key] = points
+        return histories
+
+    def find_parent_run_id(self) -> str:
+        """The sweep's parent run (the oldest, if two drivers raced).
+
+        Raises:
+            XmemError: the experiment has no parent run (it was not made by ``xmem sweep``).
+        """
+        if self.parent_run_id is None:
+            if self.experiment_id is None:
+                self.open_existing()
+            with _read_client_env(), _server_errors(self.tracking_uri):
+                found = self._parent_runs()
+            if not found:
+                raise XmemError(f"sweep '{self.sweep_name}' on {self.tracking_uri} has no parent "
+                                f"run (tag {TAG_ROLE}={ROLE_PARENT}); was it made by xmem sweep?")
+            self.parent_run_id = found[0].info.run_id
+        return self.parent_run_id
+
+    def log_to_parent_run(self, folder: str | os.PathLike, artifact_path: str | None = None) -> str:
+        """Upload every file under ``folder`` to the parent run, under ``artifact_path``
+        (files of the same name are replaced); returns the parent run's id."""
+        run_id = self.find_parent_run_id()
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            self.client.log_artifacts(run_id, str(folder), artifact_path)
+        return run_id
+
+    def artifact_paths(self, run_id: str, path: str | None = None) -> list[str]:
+        """Paths of the artifacts of ``run_id`` directly under ``path`` (files and folders)."""
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            return [info.path for info in self.client.list_artifacts(run_id, path)]
 
     # --- internals ----------------------------------------------------------------------
     def _experiment(self) -> str:
@@ -441,6 +538,82 @@ class SweepTracker:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
+
+
+# --- reading a sweep back: plain data, no MLflow entity leaves this module -----------------
+
+# A read of an existing sweep should learn within seconds that the server is not there
+# (MLflow's default is 7 retries with backoff, about 4 minutes); a value the user set wins.
+READ_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+HISTORY_THREADS = 8  # parallel metric-history requests (each a small, latency-bound GET)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial's run as MLflow holds it, in plain Python values."""
+
+    run_id: str
+    name: str
+    """The run's name (the trial's readable name)."""
+    trial_id: str
+    run_status: str
+    """MLflow's run status: SCHEDULED, RUNNING, FINISHED, FAILED or KILLED."""
+    tags: dict[str, str]
+    params: dict[str, str]
+    """Every trial config key, as ``config_params`` wrote it (JSON text but for strings)."""
+    latest: dict[str, tuple[int, float]]
+    """metric name -> (step, value) of its latest value (MLflow's latest: highest step)."""
+
+
+def _trial_record(run: Run) -> TrialRecord:
+    # RunData.metrics keeps only the values; its proto keeps each latest value's step.
+    latest = {m.key: (int(m.step), float(m.value)) for m in run.data.to_proto().metrics}
+    return TrialRecord(run_id=run.info.run_id, name=run.info.run_name or "",
+                       trial_id=run.data.tags[TAG_TRIAL_ID], run_status=run.info.status,
+                       tags=dict(run.data.tags), params=dict(run.data.params), latest=latest)
+
+
+def sweep_names(tracking_uri: str) -> list[str]:
+    """Names of the active experiments on ``tracking_uri`` that ``xmem sweep`` made (tagged
+    ``xmem.sweep``), sorted.
+
+    Raises:
+        XmemError: the server cannot be reached or answers with an error.
+    """
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    names: list[str] = []
+    token = None
+    with _read_client_env(), _server_errors(tracking_uri):
+        while True:
+            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
+                                             max_results=SEARCH_PAGE, page_token=token)
+            names += [experiment.name for experiment in page if TAG_SWEEP in experiment.tags]
+            token = page.token
+            if not token:
+                return sorted(names)
+
+
+@contextlib.contextmanager
+def _read_client_env() -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for name, value in READ_CLIENT_ENV.items():
+            stack.enter_context(_env_default(name, value))
+        yield
+
+
+@contextlib.contextmanager
+def _server_errors(tracking_uri: str) -> Iterator[None]:
+    """MLflow's request errors as an XmemError naming the server."""
+    try:
+        yield
+    except MlflowException as error:
+        first_line = (str(error).splitlines() or [""])[0][:500]
+        raise XmemError(f"the MLflow tracking server at {tracking_uri} did not answer as "
+                        f"expected: {first_line}\nCheck the URI (--tracking-uri or "
+                        "MLFLOW_TRACKING_URI), or leave both unset to read the local store "
+                        "(--store)") from error
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ class TrialEvents:
 
 def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str, cpu: float,
                gpu: float, max_concurrent: int | None, max_failures: int,
-               events: TrialEvents, session: str) -> None:
+               events: TrialEvents, session: str) -> dict[str, str]:
     """Run every trial payload (``workers.tune_trial.trial_payload``) as one Tune experiment.
 
     Each trial holds ``cpu`` CPUs and ``gpu`` GPUs (fractions pack trials on a GPU), is
@@ -98,6 +98,9 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
     checkpoints under ``storage/<sweep_name>/<trial name>-<trial id>-<session>``: every
     invocation writes its own trial folders, so a resumed trial never overwrites the
     checkpoint it started from.
+
+    Returns:
+        trial id -> error text, for every trial that ended in error (after its retries).
     """
     names = {p["trial_id"]: p["name"] for p in payloads}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
@@ -120,7 +123,9 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
             verbose=0,
         ),
     )
-    tuner.fit()
+    results = tuner.fit()
+    return {result.config["xmem"]["trial_id"]: str(result.error)
+            for result in results if result.error is not None}
 
 
 def tune_experiment_path(storage: str, sweep_name: str) -> str:

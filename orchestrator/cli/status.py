@@ -1,0 +1,34 @@
+"""``xmem status`` and ``xmem resume``: a sweep by name, without its YAML."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from orchestrator.cli import main
+from orchestrator.cli.store_options import store_options
+
+
+@main.command()
+@click.argument("name")
+@store_options
+def status(name: str, tracking_uri: str | None, store: str | None) -> None:
+    """Every trial of sweep NAME: state, attempts, epochs done, last metrics; then totals."""
+    from orchestrator.status import sweep_status
+
+    sweep_status(name, tracking_uri=tracking_uri, store=store, echo=click.echo)
+
+
+@main.command()
+@click.argument("name")
+@store_options
+@click.option("--address", metavar="ADDR", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster).")
+@click.option("--restart-failed", is_flag=True, help="Start failed trials over instead of resuming them.")
+def resume(name: str, tracking_uri: str | None, store: str | None, address: str | None,
+           restart_failed: bool) -> None:
+    """Resume sweep NAME from the spec and storage it last ran with (no YAML path needed)."""
+    from orchestrator.status import resume_sweep
+
+    resume_sweep(name, tracking_uri=tracking_uri, store=store, address=address,
+                 restart_failed=restart_failed, echo=click.echo, live=sys.stdout.isatty())

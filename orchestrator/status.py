@@ -1,0 +1,84 @@
+"""``xmem status`` and ``xmem resume``: a sweep seen from its MLflow runs alone."""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.results import open_tracking, trial_status
+from workers import metrics
+from workers.errors import XmemError
+from workers.run_tags import TAG_ATTEMPTS, TAG_SPEC_PATH, TAG_STORAGE
+
+STATUS_METRICS = (metrics.TRAIN_ACC, metrics.TEST_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD)
+
+
+def format_status(sweep: str, records: list) -> str:
+    """One line per trial (state, attempts, epochs done, last metrics), then the totals."""
+    header = ["trial", "state", "attempts", "epochs"] + [name for name in STATUS_METRICS]
+    rows = []
+    for record in sorted(records, key=lambda r: r.name):
+        epochs = record.latest.get(metrics.TRAIN_LOSS, (None, None))[0]
+        total = record.params.get("epochs")
+        rows.append([record.name, trial_status(record.tags, record.run_status),
+                     record.tags.get(TAG_ATTEMPTS, "0"),
+                     f"{'-' if epochs is None else epochs}/{total}"]
+                    + [_metric(record.latest.get(name)) for name in STATUS_METRICS])
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    counts = collections.Counter(row[1] for row in rows)
+    lines.append("")
+    lines.append(f"{sweep}: {len(rows)} trial(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def _metric(latest: tuple[int, float] | None) -> str:
+    return "-" if latest is None else f"{latest[1]:.4g}"
+
+
+def sweep_status(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,
+                 echo: Callable[[str], None] = print) -> None:
+    from orchestrator.tracking import SweepTracker
+
+    with open_tracking(tracking_uri, store, artifacts=False) as uri:
+        tracker = SweepTracker(uri, sweep)
+        tracker.open_existing()
+        echo(format_status(sweep, tracker.trial_records()))
+
+
+def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,
+                 address: str | None = None, restart_failed: bool = False,
+                 echo: Callable[[str], None] = print, live: bool = False) -> None:
+    """Rerun sweep ``sweep`` from the spec and storage its parent run recorded."""
+    from orchestrator.sweep import run_sweep
+    from orchestrator.tracking import SweepTracker
+
+    with open_tracking(tracking_uri, store, artifacts=False) as uri:
+        tracker = SweepTracker(uri, sweep)
+        tracker.open_existing()
+        parent = tracker.client.get_run(tracker.find_parent_run_id())
+    spec_path = parent.data.tags.get(TAG_SPEC_PATH)
+    storage = parent.data.tags.get(TAG_STORAGE)
+    if not spec_path or not Path(spec_path).is_file():
+        spec_path = _spec_from_parent_run(sweep, tracking_uri, store, parent.info.run_id, spec_path)
+    echo(f"resuming sweep {sweep} from {spec_path} (storage {storage})")
+    run_sweep(spec_path, address=address, tracking_uri=tracking_uri, storage=storage,
+              restart_failed=restart_failed, echo=echo, live=live)
+
+
+def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | None, run_id: str,
+                          recorded: str | None) -> str:
+    """The spec the sweep last ran, from its parent run's ``spec.yaml`` artifact."""
+    from orchestrator.tracking import SweepTracker
+
+    folder = Path(tempfile.mkdtemp(prefix=f"xmem-{sweep}-"))
+    with open_tracking(tracking_uri, store, artifacts=True) as uri:
+        try:
+            path = SweepTracker(uri, sweep).client.download_artifacts(run_id, "spec.yaml", str(folder))
+        except Exception as error:  # the MLflow client raises several types
+            raise XmemError(f"sweep {sweep}: its spec file {recorded or '(not recorded)'} is gone and its "
+                            f"parent run has no spec.yaml ({error}); run xmem sweep SPEC.yaml instead") from None
+    return path

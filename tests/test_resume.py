@@ -1,0 +1,76 @@
+"""The resume decision, the sweep plan and the checkpoint scan (pure, no servers)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.checkpoints import latest_checkpoints
+from orchestrator.resume import Action, TrialState, decide
+from orchestrator.spec import TrialPoint, trial_id
+from orchestrator.sweep import plan_sweep
+from workers.config import TrialConfig
+
+
+@pytest.mark.parametrize("state, restart_failed, expected", [
+    (TrialState(), False, Action.NEW),
+    (TrialState(), True, Action.NEW),
+    (TrialState("FINISHED", "finished", "/ckpt"), False, Action.SKIP),
+    (TrialState("FINISHED", "diverged"), True, Action.SKIP),        # diverged is final
+    (TrialState("FAILED", "failed", "/ckpt"), False, Action.RESUME),
+    (TrialState("FAILED", "failed", "/ckpt"), True, Action.RESTART),
+    (TrialState("FAILED", "failed"), False, Action.RESTART),
+    (TrialState("RUNNING", "running", "/ckpt"), False, Action.RESUME),  # the driver died
+    (TrialState("RUNNING", "running", "/ckpt"), True, Action.RESUME),   # not failed: resume
+    (TrialState("RUNNING", "running"), False, Action.RESTART),
+    (TrialState("SCHEDULED"), False, Action.RESTART),
+    (TrialState("FINISHED", None), False, Action.RESTART),   # ended without xmem's word
+])
+def test_decide_follows_the_documented_order(state, restart_failed, expected):
+    assert decide(state, restart_failed) is expected
+
+
+def _point(sigma: float) -> TrialPoint:
+    config = TrialConfig.from_mapping({"sigma": sigma})
+    return TrialPoint(trial_id(config), f"sigma{sigma:g}", config, {"sigma": sigma})
+
+
+def _run(name: str, status: str, xmem_status: str | None):
+    tags = {} if xmem_status is None else {"xmem.status": xmem_status}
+    return SimpleNamespace(info=SimpleNamespace(status=status, run_name=name),
+                           data=SimpleNamespace(tags=tags))
+
+
+def test_plan_keeps_finished_resumes_interrupted_runs_new_and_reports_stale_runs():
+    done, interrupted, new = _point(0.1), _point(1.0), _point(10.0)
+    runs = {done.trial_id: _run("sigma0.1", "FINISHED", "finished"),
+            interrupted.trial_id: _run("sigma1", "RUNNING", "running"),
+            "0123456789ab": _run("old-defaults", "FINISHED", "finished")}
+    plan = plan_sweep([done, interrupted, new], runs, {interrupted.trial_id: "/c/3"}, False)
+    assert plan.actions == {done.trial_id: Action.SKIP, interrupted.trial_id: Action.RESUME,
+                            new.trial_id: Action.NEW}
+    assert [t.trial_id for t in plan.to_run] == [interrupted.trial_id, new.trial_id]
+    assert plan.checkpoints == {interrupted.trial_id: "/c/3"}
+    assert plan.stale_runs == ["old-defaults"]
+    text = "\n".join(plan.describe())
+    assert "1 finished (kept), 1 resumed from checkpoints, 0 restarted, 1 new" in text
+    assert "no longer in the spec (old-defaults)" in text
+
+
+def test_latest_checkpoint_is_the_highest_epoch_across_sessions(tmp_path):
+    def write(trial_dir: str, checkpoint: str, trial: str, epoch: int) -> None:
+        folder = tmp_path / "sw" / trial_dir / checkpoint
+        folder.mkdir(parents=True)
+        (folder / "xmem_checkpoint.json").write_text(json.dumps({"trial_id": trial, "epoch": epoch}))
+
+    write("a-aaa-s1", "checkpoint_000000", "aaa", 5)
+    write("a-aaa-s1", "checkpoint_000001", "aaa", 10)
+    write("a-aaa-s2", "checkpoint_000000", "aaa", 15)   # the resumed session got further
+    write("b-bbb-s1", "checkpoint_000000", "bbb", 3)
+    (tmp_path / "sw" / "b-bbb-s1" / "checkpoint_000001").mkdir()  # being written: no info file
+    found = latest_checkpoints(str(tmp_path), "sw")
+    assert found == {"aaa": str(tmp_path / "sw" / "a-aaa-s2" / "checkpoint_000000"),
+                     "bbb": str(tmp_path / "sw" / "b-bbb-s1" / "checkpoint_000000")}
+    assert latest_checkpoints(str(tmp_path), "no-such-sweep") == {}
