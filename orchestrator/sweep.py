@@ -71,10 +71,16 @@ def local_mlflow_root(storage: str) -> Path:
 
 
 def worker_config(config: TrialConfig) -> TrialConfig:
-    """The config a worker receives: paths absolute, since workers may run elsewhere."""
-    changes: dict[str, Any] = {"data_dir": str(Path(config.data_dir).expanduser().resolve())}
-    if config.data_file and "://" not in config.data_file:
-        changes["data_file"] = str(Path(config.data_file).expanduser().resolve())
+    """The config a worker receives: relative paths made absolute against the driver's working
+    directory (workers run elsewhere); ``~`` is left for each worker to expand in its own home."""
+    def absolute(path: str) -> str:
+        if "://" in path or path.startswith("~") or Path(path).is_absolute():
+            return path
+        return str(Path(path).resolve())
+
+    changes: dict[str, Any] = {"data_dir": absolute(config.data_dir)}
+    if config.data_file:
+        changes["data_file"] = absolute(config.data_file)
     return dataclasses.replace(config, **changes)
 
 

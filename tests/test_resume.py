@@ -74,3 +74,17 @@ def test_latest_checkpoint_is_the_highest_epoch_across_sessions(tmp_path):
     assert found == {"aaa": str(tmp_path / "sw" / "a-aaa-s2" / "checkpoint_000000"),
                      "bbb": str(tmp_path / "sw" / "b-bbb-s1" / "checkpoint_000000")}
     assert latest_checkpoints(str(tmp_path), "no-such-sweep") == {}
+
+
+def test_worker_config_makes_relative_paths_absolute_and_leaves_home_paths_to_the_worker(tmp_path, monkeypatch):
+    from orchestrator.sweep import worker_config
+
+    monkeypatch.chdir(tmp_path)
+    config = TrialConfig.from_mapping({"data_dir": "data", "data_file": "tables/c.parquet"})
+    sent = worker_config(config)
+    assert sent.data_dir == str(tmp_path / "data")
+    assert sent.data_file == str(tmp_path / "tables" / "c.parquet")
+    home = worker_config(TrialConfig())
+    assert home.data_dir == "~/.cache/xmem/data"       # expanded by each worker, in its own home
+    remote = worker_config(TrialConfig.from_mapping({"data_file": "s3://bucket/c.parquet"}))
+    assert remote.data_file == "s3://bucket/c.parquet"

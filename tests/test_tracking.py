@@ -357,13 +357,3 @@ def test_server_that_exits_early_reports_its_log_and_command(tmp_path):
     assert "exited with code" in message
     assert "server.log" in message and "mlflow server" in message
     assert "--backend-store-uri sqlite:///" in message
-
-
-def test_only_the_two_adapters_import_mlflow():
-    importing = sorted(
-        str(path.relative_to(REPO)) for folder in ("workers", "orchestrator")
-        for path in (REPO / folder).rglob("*.py")
-        if any(line.strip().startswith(("import mlflow", "from mlflow"))
-               for line in path.read_text().splitlines()))
-    assert importing == ["orchestrator/tracking.py", "workers/mlflow_log.py"]
-

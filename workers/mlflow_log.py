@@ -117,6 +117,11 @@ class TrialRunLogger:
             tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set tags on the run now (one request)."""
+        with client_env():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_record(self, record: EpochRecord) -> None:
         """Queue every metric of ``record`` at ``step = record.epoch`` (sent by ``flush``),
         except those an earlier attempt of this run already logged at that step."""

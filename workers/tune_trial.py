@@ -35,7 +35,8 @@ from ray import tune
 from workers.config import TrialConfig
 from workers.errors import XmemError
 from workers.mlflow_log import TrialRunLogger
-from workers.run_tags import TAG_DEVICE, TAG_HOST, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH
+from workers.run_tags import (TAG_ATTEMPT_SECONDS, TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE,
+                               TAG_HOST, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH)
 from workers.trial import Trial
 
 CHECKPOINT_FILE = "trial_state.pt"
@@ -86,6 +87,8 @@ class _CheckpointClock:
         self.last_time = time.monotonic()
         self.last_epoch = 0
         self.save_seconds = 0.0
+        self.total_seconds = 0.0  # spent saving and reporting checkpoints in this attempt
+        self.count = 0
 
     def due(self, epoch: int, final: bool) -> bool:
         if final:
@@ -97,6 +100,8 @@ class _CheckpointClock:
 
     def saved(self, epoch: int, seconds: float) -> None:
         self.last_epoch, self.save_seconds, self.last_time = epoch, seconds, time.monotonic()
+        self.total_seconds += seconds
+        self.count += 1
 
 
 def _save_checkpoint(trial: Trial, logger: TrialRunLogger, trial_id: str, scratch: Path) -> tune.Checkpoint:
@@ -162,6 +167,7 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
     config = _device_for_this_worker(TrialConfig.from_mapping(payload["trial"], source="sweep trial"))
     logger = TrialRunLogger(payload["tracking_uri"], payload["run_id"])
     tracking = _PatientTracking(logger)
+    attempt_started = time.monotonic()
     try:
         trial = Trial(config)
         checkpoint = tune.get_checkpoint()
@@ -191,6 +197,11 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
                 else:
                     tune.report(report)
                     tracking.flush_now_and_then()
+        attempt_seconds = time.monotonic() - attempt_started
+        tracking.call(logger.set_tags, {
+            TAG_ATTEMPT_SECONDS: f"{attempt_seconds:.3f}",
+            TAG_CHECKPOINT_SECONDS: f"{clock.total_seconds:.3f}",
+            TAG_CHECKPOINTS: str(clock.count)})
         tracking.call(logger.flush)
         tracking.call(logger.log_final_artifacts, config, logger.history, logger.alignment_rows,
                       trial.model.state_dict())
