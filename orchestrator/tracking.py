@@ -504,11 +504,6 @@ class SweepTracker:
             self.client.log_artifacts(run_id, str(folder), artifact_path)
         return run_id
 
-    def artifact_paths(self, run_id: str, path: str | None = None) -> list[str]:
-        """Paths of the artifacts of ``run_id`` directly under ``path`` (files and folders)."""
-        with _read_client_env(), _server_errors(self.tracking_uri):
-            return [info.path for info in self.client.list_artifacts(run_id, path)]
-
     # --- internals ----------------------------------------------------------------------
     def _experiment(self) -> str:
         return self.experiment_id if self.experiment_id is not None else self.ensure_experiment()

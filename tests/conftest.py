@@ -48,3 +48,47 @@ def ray_cluster(tmp_path_factory):
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+
+
+# A sin MLP on 200 digits, sigma 0.01 vs 10, two seeds: 4 trials of 20 epochs (about 30 s on
+# 2 cores). Its outcome is known (measured): sigma 0.01 generalizes (best test about 91%),
+# sigma 10 memorizes (train 100%, final test about 12%, chance 10%), alignment falls with sigma.
+FINISHED_SWEEP_SPEC = """
+name: {name}
+defaults:
+  dataset: digits
+  activation: sin
+  hidden: 64
+  lr: 0.1
+  batch_size: 16
+  train_size: 200
+  test_size: 200
+  probe_per_class: 5
+  epochs: 20
+  eval_every: 5
+  align_every: 10
+  data_dir: {data_dir}
+grid:
+  sigma: [0.01, 10.0]
+  seed: [0, 1]
+max_failures: 0
+"""
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory, ray_cluster, mlflow_server):
+    """One small real sweep, run once per session on ``ray_cluster`` and tracked in
+    ``mlflow_server``, for the tests that read sweeps back (export, report). Yields the
+    ``orchestrator.sweep.SweepOutcome``; the sweep's name is ``outcome.spec.name``."""
+    import uuid
+
+    from orchestrator.sweep import run_sweep
+
+    folder = tmp_path_factory.mktemp("finished-sweep")
+    spec = folder / "finished.yaml"
+    spec.write_text(FINISHED_SWEEP_SPEC.format(name=f"finished-{uuid.uuid4().hex[:8]}",
+                                               data_dir=folder / "data"))
+    outcome = run_sweep(str(spec), address=ray_cluster, tracking_uri=mlflow_server.uri,
+                        storage=str(folder / "store"), echo=lambda line: None)
+    assert [row["status"] for row in outcome.rows] == ["finished"] * 4
+    return outcome

@@ -30,7 +30,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from orchestrator.cli import sweep, trial, ui  # noqa: F401  (commands register themselves on import)
+    from orchestrator.cli import export, report, status, sweep, trial, ui  # noqa: F401  (commands register themselves on import)
 
 
 _register()

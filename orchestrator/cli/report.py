@@ -1,0 +1,25 @@
+"""``xmem report``: a sweep's figures, claims table and trial table (PNG + HTML)."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli import main
+from orchestrator.cli.store_options import store_options
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder for report.html, the PNGs and the tables (default: "
+                   "xmem-runs/reports/NAME).")
+@store_options
+def report(name: str, out: str | None, tracking_uri: str | None, store: str | None) -> None:
+    """Draw the figures of sweep NAME, check the paper's claims on its numbers, and write them
+    as PNGs and one self-contained HTML page; also logged to the sweep's parent MLflow run.
+
+    Example: xmem report quickstart
+    """
+    from orchestrator.report import write_report
+
+    write_report(name, out, tracking_uri=tracking_uri, store=store, echo=click.echo)

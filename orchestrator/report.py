@@ -1,0 +1,185 @@
+"""``xmem report``: a sweep's figures, claims table and trial table, as PNGs and one
+self-contained HTML page, also logged to the sweep's parent MLflow run.
+
+What ``write_report`` leaves in ``out_dir`` (and under ``report/`` in the parent run)::
+
+    report.html              figures embedded (base64 PNG), claims table, trial table
+    fig*.png                 the figures of orchestrator.figures
+    claims.parquet           the claims table (claim, statement, scope, evidence, verdict)
+    results.parquet          the trials table the figures and claims were computed from
+    history.parquet          the history table (one row per trial and evaluated epoch)
+
+The tables are exactly what ``xmem export`` writes: the figures and claims read them and
+nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator import claims, results
+from orchestrator.claims import ClaimCheck
+from orchestrator.sweep import DEFAULT_STORAGE
+from workers import metrics
+
+REPORT_ARTIFACT_DIR = "report"
+HTML_FILE = "report.html"
+CLAIMS_FILE = "claims.parquet"
+RESULTS_FILE = "results.parquet"
+HISTORY_FILE = "history.parquet"
+TABLE_METRICS = (metrics.TRAIN_ACC, metrics.TEST_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD,
+                 metrics.ALIGN_REP)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``write_report`` made."""
+
+    out_dir: Path
+    html: Path
+    figures: list[Path]
+    checks: list[ClaimCheck]
+    parent_run_id: str
+    tracking_uri: str
+
+
+def default_out_dir(sweep: str) -> Path:
+    """./xmem-runs/reports/<sweep>: beside the default sweep storage."""
+    return Path(DEFAULT_STORAGE) / "reports" / sweep
+
+
+def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri: str | None = None,
+                 store: str | None = None, echo: Callable[[str], None] = print) -> Report:
+    """Read the sweep, draw its figures, check the claims, write ``out_dir`` and log it to the
+    sweep's parent run.
+
+    Raises:
+        XmemError: no such sweep (listing the ones that exist), no store, server trouble.
+    """
+    from orchestrator import figures  # matplotlib: only when drawing
+    from orchestrator.tracking import SweepTracker
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(sweep)
+    with results.open_tracking(tracking_uri, store) as uri:
+        tracker = SweepTracker(uri, sweep)
+        loaded = results.load_results(tracker, with_history=True)
+        parent_run_id = tracker.find_parent_run_id()
+        out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(loaded.trials, out / RESULTS_FILE)
+        pq.write_table(loaded.history, out / HISTORY_FILE)
+        checks = claims.check_claims(loaded.trials, loaded.history)
+        pq.write_table(claims.claims_table(checks), out / CLAIMS_FILE)
+        drawn = figures.draw_figures(loaded.trials, loaded.history, out)
+        given, root = results.tracking_uri_for(tracking_uri, store)
+        source = given or f"the store {root}"   # not the port of a server gone after this
+        (out / HTML_FILE).write_text(render_html(sweep, source, loaded.trials, checks, drawn),
+                                     encoding="utf-8")
+        tracker.log_to_parent_run(out, REPORT_ARTIFACT_DIR)
+    echo(f"report of sweep {sweep}: {out / HTML_FILE} ({len(drawn)} figures, "
+         f"{len(loaded.trials)} trials)")
+    echo(format_claims(checks))
+    echo(f"logged to the parent run {parent_run_id} under {REPORT_ARTIFACT_DIR}/")
+    return Report(out, out / HTML_FILE, [f.path for f in drawn], checks, parent_run_id, uri)
+
+
+def format_claims(checks: Sequence[ClaimCheck]) -> str:
+    """The claims as text lines: ``claim  verdict  scope``."""
+    width = max((len(c.verdict) for c in checks), default=0)
+    return "\n".join(f"  {c.claim:<3} {c.verdict:<{width}}  {c.scope or '-'}" for c in checks)
+
+
+# --- HTML -------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+td.PASS { background: #d9f2d9; font-weight: bold; }
+td.FAIL { background: #f8d7d7; font-weight: bold; }
+td.untestable { color: #777; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #444; }
+"""
+
+
+def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[ClaimCheck],
+                drawn: Sequence[Any]) -> str:
+    """The self-contained page: summary, claims table, figures (embedded), trial table.
+    ``source`` says where the runs were read (a tracking URI or a store folder)."""
+    rows = trials.to_pylist()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[results.STATUS]] = counts.get(row[results.STATUS], 0) + 1
+    status_text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    left_out = len(rows) - len(results.result_rows(trials))
+    generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>xmem report: {_e(sweep)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Sweep <code>{_e(sweep)}</code></h1>",
+        f"<p>{len(rows)} trials ({_e(status_text)}); MLflow runs read from {_e(source)}; "
+        f"generated {_e(generated)}.",
+        (f" {left_out} trial(s) neither finished nor diverged are left out of the figures and "
+         "claims." if left_out else "") + "</p>",
+        "<h2>The paper's claims on this sweep</h2>",
+        "<p>Claims of <i>Extreme Memorization via Scale of Initialization</i> (NOTES.md); seeds "
+        "are aggregated as mean ± standard deviation (n). Thresholds: orchestrator/claims.py.</p>",
+        _claims_html(checks), "<h2>Figures</h2>",
+    ]
+    for figure in drawn:
+        data = base64.b64encode(Path(figure.path).read_bytes()).decode("ascii")
+        parts.append(f"<figure><h3>{_e(figure.title)}</h3><img alt='{_e(figure.title)}' "
+                     f"src='data:image/png;base64,{data}'><figcaption>{_e(figure.caption)}"
+                     "</figcaption></figure>")
+    if not drawn:
+        parts.append("<p>No finished trials to draw.</p>")
+    parts += ["<h2>Trials</h2>", _trials_html(trials), "</body></html>"]
+    return "\n".join(parts)
+
+
+def _claims_html(checks: Sequence[ClaimCheck]) -> str:
+    head = "<tr><th>claim</th><th>statement</th><th>trials</th><th>evidence</th><th>verdict</th></tr>"
+    body = []
+    for check in checks:
+        css = check.verdict if check.verdict in (claims.PASS, claims.FAIL) else "untestable"
+        body.append(f"<tr><td>{_e(check.claim)}</td><td>{_e(check.statement)}</td>"
+                    f"<td>{_e(check.scope)}</td><td>{_e(check.evidence)}</td>"
+                    f"<td class='{css}'>{_e(check.verdict)}</td></tr>")
+    return f"<table class='claims'>{head}{''.join(body)}</table>"
+
+
+def _trials_html(trials: pa.Table) -> str:
+    rows = trials.to_pylist()
+    keys = results.varying_keys(rows)
+    names = [m for m in TABLE_METRICS if m in trials.column_names]
+    header = ["trial", *keys, "status", "attempts", "epochs done", *names, "run id"]
+    body = []
+    for row in rows:
+        cells = [f"<td>{_e(row[results.NAME])}</td>"]
+        cells += [f"<td>{_e(results.format_value(row.get(k)))}</td>" for k in keys]
+        cells += [f"<td>{_e(row[results.STATUS])}</td>",
+                  f"<td class='num'>{_e(results.format_value(row.get(results.ATTEMPTS)))}</td>",
+                  f"<td class='num'>{_e(results.format_value(row.get(results.EPOCHS_DONE)))}</td>"]
+        for name in names:
+            value = row.get(name)
+            text = "-" if value is None else (f"{value:.1%}" if "acc" in name else f"{value:.3f}")
+            cells.append(f"<td class='num'>{_e(text)}</td>")
+        cells.append(f"<td><code>{_e(row[results.RUN_ID])}</code></td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    return f"<table class='trials'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)

@@ -1,0 +1,201 @@
+"""``xmem export``: the results tables, checked against what MlflowClient holds for a real
+sweep (``finished_sweep``), and built from hand-made run records (fast, no servers)."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from orchestrator import results
+from orchestrator.cli import main
+from orchestrator.tracking import TrialRecord, config_params
+from workers import metrics
+from workers.config import TrialConfig
+
+EXPECTED_TYPES = {"sweep": pa.string(), "trial_id": pa.string(), "run_id": pa.string(),
+                  "name": pa.string(), "status": pa.string(), "attempts": pa.int64(),
+                  "epochs_done": pa.int64(), "dataset": pa.string(), "data_file": pa.string(),
+                  "download": pa.bool_(), "train_size": pa.int64(), "test_size": pa.int64(),
+                  "shuffle_labels": pa.bool_(), "hidden": pa.int64(), "sigma": pa.float64(),
+                  "temperature": pa.float64(), "lr": pa.float64(), "seed": pa.int64(),
+                  "checkpoint_every": pa.int64()}
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _child_runs(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name(name)
+    return [run for run in client.search_runs([experiment.experiment_id])
+            if "mlflow.parentRunId" in run.data.tags]
+
+
+# --- a real sweep -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlflow_server, tmp_path):
+    name = finished_sweep.spec.name
+    out = tmp_path / "results.parquet"
+    result = _invoke("export", name, "-o", str(out), "--tracking-uri", mlflow_server.uri)
+    assert result.exit_code == 0, result.output
+    assert "4 rows" in result.output
+
+    table = pq.read_table(out)
+    client = MlflowClient(mlflow_server.uri)
+    runs = {run.info.run_id: run for run in _child_runs(client, name)}
+    assert table.num_rows == len(runs) == 4
+    for column, expected in EXPECTED_TYPES.items():
+        assert table.schema.field(column).type == expected, column
+    metric_names = set().union(*(run.data.metrics for run in runs.values()))
+    assert {metrics.TRAIN_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD} <= metric_names
+    for metric in metric_names:
+        assert table.schema.field(metric).type == pa.float64(), metric
+    assert set(table.column_names) == (set(results.TRIAL_COLUMNS) | {"attempts", "epochs_done"}
+                                       | set(TrialConfig.keys()) | metric_names)
+
+    for row in table.to_pylist():
+        run = runs[row["run_id"]]
+        assert row["sweep"] == name
+        assert row["trial_id"] == run.data.tags["xmem.trial_id"]
+        assert row["name"] == run.info.run_name
+        assert row["status"] == run.data.tags["xmem.status"] == "finished"
+        assert row["attempts"] == int(run.data.tags["xmem.attempts"]) == 1
+        steps = [m.step for m in client.get_metric_history(row["run_id"], metrics.TRAIN_ACC)]
+        assert row["epochs_done"] == max(steps) == 20
+        # Config values, typed: the params as the driver wrote them.
+        assert config_params(TrialConfig.from_mapping(
+            {k: row[k] for k in TrialConfig.keys()})) == run.data.params
+        assert row["data_file"] is None and row["checkpoint_every"] is None
+        for metric in metric_names:
+            assert math.isclose(row[metric], run.data.metrics[metric]), metric
+
+
+@pytest.mark.slow
+def test_export_history_has_a_row_per_trial_and_evaluated_epoch(finished_sweep, mlflow_server,
+                                                                 tmp_path, monkeypatch):
+    # Through --store: the same store, read from its SQLite file (beside the running server).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    name = finished_sweep.spec.name
+    out = tmp_path / "history.parquet"
+    result = _invoke("export", name, "--history", "-o", str(out), "--store", str(mlflow_server.root))
+    assert result.exit_code == 0, result.output
+
+    table = pq.read_table(out)
+    assert table.schema.field("epoch").type == pa.int64()
+    assert table.schema.field("sigma").type == pa.float64()
+    client = MlflowClient(mlflow_server.uri)
+    runs = _child_runs(client, name)
+    expected_rows = 0
+    for run in runs:
+        history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                   for key in run.data.metrics}
+        steps = sorted(set().union(*history.values()))
+        assert steps == [0, 5, 10, 15, 20]        # the evaluated epochs
+        expected_rows += len(steps)
+        rows = [r for r in table.to_pylist() if r["run_id"] == run.info.run_id]
+        assert [r["epoch"] for r in rows] == steps
+        for row in rows:
+            for key, values in history.items():
+                if row["epoch"] in values:
+                    assert math.isclose(row[key], values[row["epoch"]]), (key, row["epoch"])
+                else:
+                    assert row[key] is None, (key, row["epoch"])   # alignment: epochs 0, 10, 20
+    assert table.num_rows == expected_rows == 4 * 5
+
+
+@pytest.mark.slow
+def test_unknown_sweep_exits_2_listing_the_sweeps_that_exist(finished_sweep, mlflow_server, tmp_path):
+    out = tmp_path / "x.parquet"
+    result = _invoke("export", "no-such-sweep", "-o", str(out), "--tracking-uri", mlflow_server.uri)
+    assert result.exit_code == 2, result.output
+    assert "no sweep named 'no-such-sweep'" in result.output
+    assert finished_sweep.spec.name in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_missing_store_exits_2_with_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = _invoke("export", "quickstart", "--store", str(tmp_path / "nothing"))
+    assert result.exit_code == 2, result.output
+    assert "no MLflow store at" in result.output and "--tracking-uri" in result.output
+
+
+def test_unreachable_server_exits_2_quickly(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = _invoke("export", "quickstart", "-o", str(tmp_path / "x.parquet"),
+                     "--tracking-uri", "http://127.0.0.1:9")
+    assert result.exit_code == 2, result.output
+    assert "http://127.0.0.1:9" in result.output and "Traceback" not in result.output
+
+
+# --- the tables from hand-made records (no servers) ----------------------------------------
+
+def _record(name: str, config: TrialConfig, latest: dict[str, tuple[int, float]], *,
+            status: str | None = "finished", attempts: str = "1", params: dict | None = None
+            ) -> TrialRecord:
+    tags = {"xmem.trial_id": f"id-{name}", "xmem.attempts": attempts}
+    if status is not None:
+        tags["xmem.status"] = status
+    return TrialRecord(run_id=f"run-{name}", name=name, trial_id=f"id-{name}",
+                       run_status="FINISHED" if status else "SCHEDULED", tags=tags,
+                       params=config_params(config) if params is None else params, latest=latest)
+
+
+def test_trials_table_types_every_config_key_and_leaves_missing_values_null():
+    done = _record("a", TrialConfig(sigma=0.1, data_file="/d/t.parquet", train_size=100),
+                   {metrics.TRAIN_ACC: (20, 1.0), metrics.ALIGN_GRAD: (20, 0.25),
+                    "align/grad_hidden": (20, 0.5), "custom/x": (3, 7.0)})
+    scheduled = _record("b", TrialConfig(sigma=None), {}, status=None, attempts="0",
+                        params={**config_params(TrialConfig()), "hidden": "not json",
+                                "old_key": "3"})
+    table = results.trials_table("s", [done, scheduled])
+    assert table.num_rows == 2
+    for column, expected in EXPECTED_TYPES.items():
+        assert table.schema.field(column).type == expected, column
+    assert table.schema.field("old_key").type == pa.string()   # a param of another version
+    first, second = table.to_pylist()
+    assert (first["sigma"], first["data_file"], first["train_size"]) == (0.1, "/d/t.parquet", 100)
+    assert (second["sigma"], second["data_file"], second["train_size"]) == (None, None, None)
+    assert second["hidden"] is None and second["old_key"] == "3"
+    assert (first["status"], second["status"]) == ("finished", "scheduled")
+    assert (first["attempts"], second["attempts"]) == (1, 0)
+    assert (first["epochs_done"], second["epochs_done"]) == (20, None)
+    assert first[metrics.ALIGN_GRAD] == 0.25 and second[metrics.ALIGN_GRAD] is None
+    # Metric columns: evaluation, then alignment (layers after align/grad), then the rest.
+    names = table.column_names
+    assert names.index(metrics.TRAIN_ACC) < names.index(metrics.ALIGN_GRAD) \
+        < names.index("align/grad_hidden") < names.index("custom/x")
+
+
+def test_history_table_has_a_row_per_evaluated_epoch_and_keeps_the_latest_of_a_step():
+    record = _record("a", TrialConfig(sigma=1.0), {metrics.TEST_ACC: (4, 0.5),
+                                                   metrics.ALIGN_GRAD: (4, 0.1)})
+    empty = _record("b", TrialConfig(sigma=2.0), {})
+    histories = {record.run_id: {
+        metrics.TEST_ACC: [(0, 100, 0.1), (2, 200, 0.3), (2, 300, 0.35), (4, 400, 0.5)],
+        metrics.ALIGN_GRAD: [(0, 100, 0.9), (4, 400, 0.1)]}}
+    table = results.history_table("s", [record, empty], histories)
+    assert table.num_rows == 3          # epochs 0, 2, 4 of "a"; "b" logged nothing
+    rows = table.to_pylist()
+    assert [r["epoch"] for r in rows] == [0, 2, 4]
+    assert [r[metrics.TEST_ACC] for r in rows] == [0.1, 0.35, 0.5]   # step 2 re-logged later
+    assert [r[metrics.ALIGN_GRAD] for r in rows] == [0.9, None, 0.1]
+    assert all(r["sigma"] == 1.0 and r["run_id"] == "run-a" for r in rows)
+
+
+def test_tracking_uri_precedence_flag_then_environment_then_store(tmp_path):
+    assert results.tracking_uri_for("http://flag", str(tmp_path), {"MLFLOW_TRACKING_URI": "http://env"}) \
+        == ("http://flag", None)
+    assert results.tracking_uri_for(None, str(tmp_path), {"MLFLOW_TRACKING_URI": "http://env"}) \
+        == ("http://env", None)
+    assert results.tracking_uri_for(None, str(tmp_path), {"MLFLOW_TRACKING_URI": ""}) \
+        == (None, tmp_path.resolve())
+    uri, root = results.tracking_uri_for(None, None, {})
+    assert uri is None and root.parts[-2:] == ("xmem-runs", "mlflow")
