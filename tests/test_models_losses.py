@@ -48,6 +48,7 @@ def test_same_seed_same_weights_other_seed_differs():
 
 def test_convnet_layers_shapes_and_first_layer_sigma():
     model = build_model(_config(model="convnet", sigma=0.5, activation="relu", hidden=64), (3, 32, 32), 10)
+    model.requires_grad_(False)  # statistics of the weights, no autograd
     assert [name for name, _ in weight_layers(model)] == ["conv1", "conv2", "hidden", "top"]
     assert model.hidden.weight.shape == (64, 64 * 5 * 5)
     assert float(model.conv1.weight.std()) == pytest.approx(0.5, rel=0.1)
