@@ -17,6 +17,11 @@ from workers.errors import XmemError
 # (data_dir, data_file) are made absolute by the driver anyway, and a stable working
 # directory keeps caches and logs where the user expects them.
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+# Tune's console output (configuration box, result tables, TensorBoard hints) would bury
+# xmem's progress line and results table; the legacy reporter with verbose=0 prints nothing.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Said at every start of a local cluster; the user did not ask for the cluster and cannot act on it.
+logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
