@@ -16,29 +16,47 @@ import json
 
 import pyarrow.fs as pafs
 
-CHECKPOINT_INFO_FILE = "xmem_checkpoint.json"  # the same name as workers.tune_trial's
+from workers.run_tags import CHECKPOINT_INFO_FILE
 
 
-def latest_checkpoints(storage: str, sweep_name: str) -> dict[str, str]:
-    """trial id -> the folder of its checkpoint with the highest epoch (URI or local path).
+def scan_checkpoints(storage: str, sweep_name: str) -> list[tuple[str, int, str]]:
+    """Every readable checkpoint of the sweep: (trial id, epoch, folder URI or path).
 
     ``storage`` is an absolute local path or a URI (``s3://bucket/prefix``).
     """
     filesystem, root = pafs.FileSystem.from_uri(storage)
-    sweep_root = f"{root.rstrip('/')}/{sweep_name}"
-    best: dict[str, tuple[int, str]] = {}
-    for trial_dir in _children(filesystem, sweep_root):
+    scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+    found = []
+    for trial_dir in _children(filesystem, f"{root.rstrip('/')}/{sweep_name}"):
         for checkpoint_dir in _children(filesystem, trial_dir):
             if not checkpoint_dir.rsplit("/", 1)[-1].startswith("checkpoint_"):
                 continue
             info = _read_json(filesystem, f"{checkpoint_dir}/{CHECKPOINT_INFO_FILE}")
-            if info is None:
-                continue
-            trial_id, epoch = info.get("trial_id"), int(info.get("epoch", -1))
-            if trial_id and epoch > best.get(trial_id, (-1, ""))[0]:
-                best[trial_id] = (epoch, checkpoint_dir)
-    scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
-    return {tid: scheme + path for tid, (_, path) in best.items()}
+            try:
+                found.append((str(info["trial_id"]), int(info["epoch"]), scheme + checkpoint_dir))
+            except (TypeError, KeyError, ValueError):
+                continue  # being written, or not xmem's
+    return found
+
+
+def latest_checkpoints(storage: str, sweep_name: str) -> dict[str, str]:
+    """trial id -> the folder of its checkpoint with the highest epoch."""
+    best: dict[str, tuple[int, str]] = {}
+    for trial_id, epoch, path in scan_checkpoints(storage, sweep_name):
+        if epoch > best.get(trial_id, (-1, ""))[0]:
+            best[trial_id] = (epoch, path)
+    return {trial_id: path for trial_id, (_, path) in best.items()}
+
+
+def delete_checkpoints(storage: str, sweep_name: str, trial_ids: set[str]) -> int:
+    """Delete every checkpoint of these trials (they start over); returns how many."""
+    deleted = 0
+    for trial_id, _, path in scan_checkpoints(storage, sweep_name):
+        if trial_id in trial_ids:
+            filesystem, local = pafs.FileSystem.from_uri(path)
+            filesystem.delete_dir(local)
+            deleted += 1
+    return deleted
 
 
 def _children(filesystem: pafs.FileSystem, path: str) -> list[str]:

@@ -29,7 +29,7 @@ class _TrialProgress:
     epochs: int
     state: str = PENDING
     epoch: int = 0
-    attempts: int = 0
+    first_epoch: int | None = None  # the first epoch reported in this session (a resumed trial starts late)
 
 
 @dataclass
@@ -55,13 +55,15 @@ class SweepProgress:
 
     # --- events (orchestrator.tune_runner.TrialEvents) ------------------------------
     def trial_started(self, trial_id: str) -> None:
-        trial = self.trials[trial_id]
-        trial.state, trial.attempts = RUNNING, trial.attempts + 1
+        self.trials[trial_id].state = RUNNING
         self.tick()
 
     def trial_result(self, trial_id: str, epoch: int | None, status: str | None) -> None:
         if epoch is not None:
-            self.trials[trial_id].epoch = max(self.trials[trial_id].epoch, int(epoch))
+            trial = self.trials[trial_id]
+            trial.epoch = max(trial.epoch, int(epoch))
+            if trial.first_epoch is None:
+                trial.first_epoch = int(epoch)
         self.tick()
 
     def trial_retrying(self, trial_id: str) -> None:
@@ -102,9 +104,14 @@ class SweepProgress:
         return counts
 
     def fraction_done(self) -> float:
-        total = sum(max(t.epochs, 1) for t in self.trials.values())
-        done = sum(max(t.epochs, 1) if t.state in (FINISHED, FAILED, DIVERGED) else t.epoch
-                   for t in self.trials.values())
+        """Share of the epochs this session has to train that are trained (epochs a resumed
+        trial had done before this session count neither as work nor as progress)."""
+        total = done = 0
+        for t in self.trials.values():
+            start = t.first_epoch or 0
+            todo = max(t.epochs - start, 1)
+            total += todo
+            done += todo if t.state in (FINISHED, FAILED, DIVERGED) else max(t.epoch - start, 0)
         return done / total if total else 1.0
 
     def summary(self) -> str:

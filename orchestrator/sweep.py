@@ -24,6 +24,7 @@ from orchestrator.progress import SweepProgress, format_results_table, format_se
 from orchestrator.spec import SweepSpec, TrialPoint, expand_trials, format_trial_table, load_spec, resolve_setting
 from workers import metrics
 from workers.config import TrialConfig
+from workers.errors import XmemError
 from workers.run_tags import TAG_SPEC_PATH, TAG_STATUS, TAG_STORAGE
 
 DEFAULT_STORAGE = "xmem-runs"
@@ -58,9 +59,36 @@ def resolve_settings(spec: SweepSpec, address: str | None, tracking_uri: str | N
     storage_value = storage_setting.value
     if "://" not in storage_value:
         storage_value = str(Path(storage_value).expanduser().resolve())
+    else:
+        _check_storage_uri(storage_value, storage_setting.source)
+    if uri_setting.value is None and not _is_local_address(address_setting.value):
+        raise XmemError(
+            f"the Ray cluster at {address_setting.value} ({address_setting.source}) runs trials on other "
+            "machines, which cannot reach an embedded tracking server on 127.0.0.1.\nGive a tracking "
+            "server every node reaches: --tracking-uri http://HOST:5000 (or MLFLOW_TRACKING_URI, or "
+            "tracking_uri in the spec); docker/README.md shows how to run one. Use --storage on a shared "
+            "filesystem or s3:// as well, so that trials can resume on any node.")
     return SweepSettings(address_setting.value, uri_setting.value, storage_value, {
         "address": address_setting.source, "tracking_uri": uri_setting.source,
         "storage": storage_setting.source})
+
+
+def _is_local_address(address: str | None) -> bool:
+    """None/"local"/"auto" or a cluster on this machine (its workers share 127.0.0.1)."""
+    if address in (None, "", "local", "auto"):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _check_storage_uri(storage: str, source: str) -> None:
+    import pyarrow.fs as pafs
+
+    try:
+        pafs.FileSystem.from_uri(storage)
+    except Exception as error:  # pyarrow raises ArrowInvalid / ArrowNotImplementedError / OSError
+        raise XmemError(f"storage {storage!r} ({source}) is not a usable location: {error}\n"
+                        "Use a local or shared folder (/nfs/xmem-runs) or s3://bucket/prefix.") from None
 
 
 def local_mlflow_root(storage: str) -> Path:
@@ -109,12 +137,14 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         return None
 
     from orchestrator import tracking, tune_runner  # heavy imports only past validation
-    from orchestrator.checkpoints import latest_checkpoints
+    from orchestrator.checkpoints import delete_checkpoints, latest_checkpoints
 
     settings = resolve_settings(spec, address, tracking_uri, storage)
     timings: dict[str, float] = {}
     server = None
-    if settings.tracking_uri is None:
+    if settings.tracking_uri is not None:
+        tracking.check_reachable(settings.tracking_uri)
+    else:
         # Started first and awaited after Ray is up: the two start-ups overlap. (Started from
         # this thread: the server dies with the thread that forked it.)
         server = tracking.start_local_server(local_mlflow_root(settings.storage), wait=False)
@@ -130,6 +160,7 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         raise
     uri = settings.tracking_uri or server.uri
     try:
+        _check_resources_fit(spec, cluster)
         echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({cluster.address}: "
              f"{cluster.cpus:g} CPU, {cluster.gpus:g} GPU), tracking {uri}"
              + (" (embedded server)" if server else ""))
@@ -142,6 +173,9 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
                           restart_failed)
         for line in plan.describe():
             echo(line)
+        restarting = {tid for tid, action in plan.actions.items() if action is Action.RESTART}
+        if restarting:
+            delete_checkpoints(settings.storage, spec.name, restarting)  # they start over
         run_ids = tracker.create_trial_runs(plan.to_run, parent_run_id)
 
         from workers.tune_trial import trial_payload
@@ -189,6 +223,17 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     else:
         echo(f"Browse the runs: {url}")
     return SweepOutcome(spec, trials, rows, uri, url, timings)
+
+
+def _check_resources_fit(spec: SweepSpec, cluster: Any) -> None:
+    """A trial asking for more than the whole cluster has would wait forever: say so now."""
+    short = [f"{kind} {need:g} (the cluster has {have:g})"
+             for kind, need, have in (("cpu", spec.resources.cpu, cluster.cpus),
+                                      ("gpu", spec.resources.gpu, cluster.gpus)) if need > have]
+    if short:
+        raise XmemError(f"{spec.path}: resources: each trial asks for {' and '.join(short)}; no trial "
+                        "could ever start. Lower resources in the spec, or join a bigger cluster with "
+                        "--address.")
 
 
 @dataclass

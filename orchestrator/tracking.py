@@ -233,6 +233,24 @@ def _check_port_free(host: str, port: int) -> int:
     return port
 
 
+def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, before anything is created, when an http(s) tracking server does not answer.
+
+    Raises:
+        XmemError: naming the URI and what to check.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    deadline = time.monotonic() + timeout_s
+    while not _health_ok(tracking_uri):
+        if time.monotonic() > deadline:
+            raise XmemError(f"the MLflow tracking server {tracking_uri} does not answer "
+                            f"({tracking_uri}/health, {timeout_s:g} s).\nCheck the URI and that the "
+                            "server runs (mlflow server --host 0.0.0.0 ...), or drop --tracking-uri / "
+                            "MLFLOW_TRACKING_URI to use an embedded server.")
+        time.sleep(0.5)
+
+
 def _health_ok(uri: str) -> bool:
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
@@ -360,7 +378,7 @@ class SweepTracker:
         """
         experiment_id = self._experiment()
         existing = {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
-        commit = git_commit()
+        commit = git_commit(Path(workers.__file__).resolve().parent)
         run_ids: dict[str, str] = {}
         for trial in trials:
             params = config_params(trial.config)

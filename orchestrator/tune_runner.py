@@ -131,7 +131,3 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
     results = tuner.fit()
     return {result.config["xmem"]["trial_id"]: str(result.error)
             for result in results if result.error is not None}
-
-
-def tune_experiment_path(storage: str, sweep_name: str) -> str:
-    return str(Path(storage) / sweep_name) if "://" not in storage else f"{storage.rstrip('/')}/{sweep_name}"

@@ -88,3 +88,14 @@ def test_worker_config_makes_relative_paths_absolute_and_leaves_home_paths_to_th
     assert home.data_dir == "~/.cache/xmem/data"       # expanded by each worker, in its own home
     remote = worker_config(TrialConfig.from_mapping({"data_file": "s3://bucket/c.parquet"}))
     assert remote.data_file == "s3://bucket/c.parquet"
+
+
+def test_delete_checkpoints_removes_only_the_restarted_trials(tmp_path):
+    from orchestrator.checkpoints import delete_checkpoints
+
+    for trial_dir, trial in (("a-aaa-s1", "aaa"), ("a-aaa-s2", "aaa"), ("b-bbb-s1", "bbb")):
+        folder = tmp_path / "sw" / trial_dir / "checkpoint_000000"
+        folder.mkdir(parents=True)
+        (folder / "xmem_checkpoint.json").write_text(json.dumps({"trial_id": trial, "epoch": 5}))
+    assert delete_checkpoints(str(tmp_path), "sw", {"aaa"}) == 2
+    assert set(latest_checkpoints(str(tmp_path), "sw")) == {"bbb"}

@@ -257,6 +257,41 @@ def test_restarted_worker_continues_the_same_run(mlflow_server, client, trial_ru
     assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
 
 
+def test_replayed_steps_are_not_logged_twice_and_unsent_restored_steps_are_sent(
+        mlflow_server, client, trial_run):
+    """Attempt 1 sends epochs 0-1, queues epoch 2 and dies before sending it (the server was
+    away); its checkpoint holds the history of 0-2. Attempt 2 restores that history, then
+    replays epoch 2 (from the checkpoint's state) and goes on: each step once, none lost."""
+    _, run_id = trial_run
+    records = _records()
+    first = TrialRunLogger(mlflow_server.uri, run_id)
+    first.start({})
+    for record in records:
+        first.log_record(record)
+    first.pending = [m for m in first.pending if m.step < 2]
+    first.flush()                                    # epoch 2 never reached the server
+    checkpoint_history = list(first.history)
+
+    second = TrialRunLogger(mlflow_server.uri, run_id)
+    second.history = checkpoint_history
+    second.start({})
+    assert {m.step for m in second.pending} == {2}   # restored, unsent: queued again
+    second.log_record(records[1])                    # a replayed, already logged step
+    second.finish("finished")
+    assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
+
+
+def test_only_transient_server_errors_are_waited_out():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+    assert mlflow_log.is_transient(ConnectionError("refused"))
+    assert mlflow_log.is_transient(MlflowException("API request to http://x failed: Max retries exceeded"))
+    assert mlflow_log.is_transient(MlflowException("try later", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not mlflow_log.is_transient(MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not mlflow_log.is_transient(ValueError("bad value"))
+
+
 def test_final_artifacts_hold_config_history_alignment_and_weights(
         mlflow_server, client, trial_run, tmp_path):
     _, run_id = trial_run

@@ -41,6 +41,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from workers import metrics
 from workers.config import TrialConfig
@@ -104,7 +105,10 @@ class TrialRunLogger:
 
     def start(self, tags: dict[str, str]) -> None:
         """Set the run RUNNING, tag it (``xmem.status`` running, ``tags``), count the attempt,
-        and learn which steps earlier attempts already logged (``logged_through``)."""
+        and learn which steps earlier attempts already logged (``logged_through``).
+
+        Call it after restoring ``history`` from a checkpoint: restored epochs the server
+        does not have yet are queued again."""
         with client_env():
             run = self.client.get_run(self.run_id)
             self.attempt = _as_int(run.data.tags.get(TAG_ATTEMPTS)) + 1
@@ -113,6 +117,12 @@ class TrialRunLogger:
             self.logged_through = {
                 key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
                 for key in run.data.metrics}
+            # Epochs restored from a checkpoint whose metrics never reached the server (it was
+            # away when the last attempt ended) are sent now.
+            timestamp_ms = int(time.time() * 1000)
+            self.pending = [Metric(key, float(value), timestamp_ms, row[metrics.EPOCH])
+                            for row in self.history for key, value in row.items()
+                            if key != metrics.EPOCH and row[metrics.EPOCH] > self.logged_through.get(key, -1)]
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -189,6 +199,20 @@ class TrialRunLogger:
         with client_env():
             self.client.log_batch(self.run_id, tags=[RunTag(TAG_STATUS, xmem_status)])
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(run_status))
+
+
+# Answers that will not change by waiting: a missing or deleted run, a rejected request.
+_PERMANENT_ERROR_CODES = frozenset({
+    "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE",
+    "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS", "INVALID_REQUEST"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error talking to the server may pass by itself (worth waiting and retrying):
+    refused connections, time-outs, 5xx answers; not a missing run or a rejected request."""
+    if isinstance(error, MlflowException):
+        return error.error_code not in _PERMANENT_ERROR_CODES
+    return isinstance(error, (ConnectionError, TimeoutError, OSError))
 
 
 def alignment_rows(record: EpochRecord) -> list[dict[str, Any]]:

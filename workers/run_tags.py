@@ -1,4 +1,4 @@
-"""MLflow tag names and trial statuses: shared by the driver (``orchestrator.tracking``) and
+"""MLflow tag names, trial statuses and the checkpoint info file name: shared by the driver (``orchestrator.tracking``) and
 the worker (``workers.mlflow_log``), defined once here. Plain strings; imports nothing."""
 
 TAG_SWEEP = "xmem.sweep"
@@ -26,3 +26,7 @@ TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 ROLE_PARENT, ROLE_TRIAL = "parent", "trial"
 STATUS_RUNNING, STATUS_FINISHED, STATUS_DIVERGED, STATUS_FAILED = (
     "running", "finished", "diverged", "failed")
+
+# Beside each checkpoint's state file: {"trial_id", "epoch", "run_id"}, read by the driver
+# (orchestrator.checkpoints) without torch.
+CHECKPOINT_INFO_FILE = "xmem_checkpoint.json"

@@ -98,8 +98,10 @@ class Trial:
         self.model = build_model(config, self.data.image_shape, self.data.num_classes).to(self.device)
         self.optimizer = PlainSGD(list(self.model.parameters()), lr=config.lr, momentum=config.momentum)
         self.initial_hidden = self.model.hidden.weight.detach().clone()  # W1(0)
-        # The shuffle stream is separate from initialization so that both are reproducible.
-        self.shuffle_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003)
+        # The shuffle stream is separate from initialization so that both are reproducible; it
+        # lives on the CPU so that a trial shuffles alike on every device and its checkpoint
+        # resumes on another (the permutation is copied over once per epoch: N int64s).
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1_000_003)
         self.epoch = 0
         self.last_evaluated_epoch = -1
         self.best_test_acc = -math.inf
@@ -113,7 +115,7 @@ class Trial:
     def train_epoch(self) -> bool:
         """One pass of SGD over a fresh on-device permutation. Returns False on divergence."""
         started = time.perf_counter()
-        order = torch.randperm(self.data.x_train.shape[0], generator=self.shuffle_generator, device=self.device)
+        order = torch.randperm(self.data.x_train.shape[0], generator=self.shuffle_generator).to(self.device)
         # One gather per epoch; the batches below are then views (no indexing per step).
         x, y = self.data.x_train[order], self.data.y_train[order]
         loss_sum = torch.zeros((), device=self.device)
@@ -251,9 +253,11 @@ class Trial:
         if state.get("format") != STATE_FORMAT:
             raise XmemError(f"checkpoint format {state.get('format')!r} is not {STATE_FORMAT}; "
                             "it was written by another xmem version: restart the trial from scratch")
+        # The device may differ: a checkpoint written on a GPU resumes on a CPU and back.
         saved = TrialConfig.from_mapping(state["config"], source="checkpoint").identity()
-        if saved != self.config.identity():
-            changed = sorted(k for k in saved if saved[k] != self.config.identity()[k])
+        current = self.config.identity()
+        changed = sorted(k for k in saved if k != "device" and saved[k] != current[k])
+        if changed:
             raise XmemError(f"checkpoint belongs to a different trial config (differs in: "
                             f"{', '.join(changed)}); restart the trial from scratch")
         self.model.load_state_dict(state["model"])

@@ -34,13 +34,12 @@ from ray import tune
 
 from workers.config import TrialConfig
 from workers.errors import XmemError
-from workers.mlflow_log import TrialRunLogger
-from workers.run_tags import (TAG_ATTEMPT_SECONDS, TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE,
+from workers.mlflow_log import TrialRunLogger, is_transient
+from workers.run_tags import (CHECKPOINT_INFO_FILE, TAG_ATTEMPT_SECONDS, TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE,
                                TAG_HOST, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH)
 from workers.trial import Trial
 
 CHECKPOINT_FILE = "trial_state.pt"
-CHECKPOINT_INFO_FILE = "xmem_checkpoint.json"  # {trial_id, epoch, run_id}: found without torch
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
 ADAPTIVE_CHECKPOINT_RATIO = 20.0
@@ -140,6 +139,8 @@ class _PatientTracking:
                 self.down_since = None
                 return result
             except Exception as error:  # the MLflow client raises several types
+                if not is_transient(error):
+                    raise
                 now = time.monotonic()
                 self.down_since = self.down_since or now
                 if now - self.down_since > tracking_wait_seconds():
@@ -156,6 +157,8 @@ class _PatientTracking:
             self.logger.flush()
             self.down_since = None
         except Exception as error:
+            if not is_transient(error):
+                raise
             self.down_since = self.down_since or now
             if now - self.down_since > tracking_wait_seconds():
                 raise self._give_up(error) from error

@@ -1,0 +1,62 @@
+"""The live progress line and the end-of-sweep table (pure)."""
+
+from __future__ import annotations
+
+from orchestrator.progress import SweepProgress, format_results_table
+from workers import metrics
+
+
+class FakeClock:
+    """Stands in for time.monotonic so the ETA can be checked exactly."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_counts_and_eta_from_epochs_done():
+    clock, lines = FakeClock(), []
+    progress = SweepProgress({"a": 10, "b": 10}, echo=lines.append, clock=clock)
+    progress.trial_started("a")
+    progress.trial_result("a", 0, "running")       # every fresh trial reports epoch 0 first
+    clock.now = 10.0
+    progress.trial_result("a", 5, "running")
+    progress.trial_completed("a", "finished")      # 10 of 20 epochs in 10 s -> ~10 s left
+    assert progress.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 0, "diverged": 0}
+    assert "1 pending" in lines[-1] and "1 finished" in lines[-1]
+    assert "50.0% of epochs" in lines[-1] and "~0:10 left" in lines[-1]
+    progress.trial_started("b")
+    progress.trial_completed("b", "diverged")
+    assert progress.counts()["diverged"] == 1 and progress.fraction_done() == 1.0
+
+
+def test_a_resumed_trial_counts_only_the_epochs_left_to_train():
+    clock = FakeClock()
+    progress = SweepProgress({"a": 1000}, echo=lambda line: None, clock=clock)
+    progress.trial_started("a")
+    progress.trial_result("a", 901, "running")     # resumed from a checkpoint at 900
+    clock.now = 10.0
+    progress.trial_result("a", 902, "running")     # one epoch in 10 s: ~16 minutes left
+    assert progress.fraction_done() < 0.02
+    assert "~?" in progress.summary() or "0:16" in progress.summary()
+
+
+def test_a_retried_trial_goes_back_to_pending():
+    progress = SweepProgress({"a": 5}, echo=lambda line: None)
+    progress.trial_started("a")
+    progress.trial_retrying("a")
+    assert progress.counts()["pending"] == 1
+
+
+def test_results_table_has_a_row_per_trial_with_percentages_and_missing_values():
+    table = format_results_table(
+        [{"name": "sigma10-seed0", "sigma": 10.0, "status": "finished", metrics.TRAIN_ACC: 1.0,
+          metrics.TEST_BEST_ACC: 0.114, metrics.ALIGN_GRAD: 0.0004},
+         {"name": "sigma1-seed0", "sigma": 1.0, "status": "failed"}],
+        ["sigma"])
+    lines = table.splitlines()
+    assert lines[0].split() == ["trial", "sigma", "status", "train", "acc", "best", "test", "acc", "align/grad"]
+    assert lines[2].split() == ["sigma10-seed0", "10", "finished", "100.0%", "11.4%", "0.000"]
+    assert lines[3].split() == ["sigma1-seed0", "1", "failed", "-", "-", "-"]
