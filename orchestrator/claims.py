@@ -18,8 +18,9 @@ The claims are qualitative; these are the thresholds that turn them into checks:
   the trials <= -``MIN_RHO``;
 - "correlates": Spearman's rho >= ``MIN_RHO``.
 
-Claims 1-6 are about the 2-layer MLP at temperature 1 on true labels: other trials do not
-enter them. Within those, trials that differ in other varying keys (dataset, loss, lr, ...)
+Claims 1, 2, 4, 5 and 6 are about the 2-layer MLP at temperature 1 on true labels: other
+trials do not enter them. Claim 3 pools every trial, as the paper's Fig. 1b pools datasets
+and sigmas. Within those, trials that differ in other varying keys (dataset, loss, lr, ...)
 are checked group by group (``results.panel_keys``), one row per group.
 """
 

@@ -58,18 +58,17 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | No
 
     with open_tracking(tracking_uri, store, artifacts=False) as uri:
         tracker = SweepTracker(uri, sweep)
-        tracker.open_existing()
-        parent = tracker.client.get_run(tracker.find_parent_run_id())
-    spec_path = parent.data.tags.get(TAG_SPEC_PATH)
-    storage = parent.data.tags.get(TAG_STORAGE)
+        tags = tracker.parent_tags()
+    spec_path = tags.get(TAG_SPEC_PATH)
+    storage = tags.get(TAG_STORAGE)
     if not spec_path or not Path(spec_path).is_file():
-        spec_path = _spec_from_parent_run(sweep, tracking_uri, store, parent.info.run_id, spec_path)
+        spec_path = _spec_from_parent_run(sweep, tracking_uri, store, spec_path)
     echo(f"resuming sweep {sweep} from {spec_path} (storage {storage})")
     run_sweep(spec_path, address=address, tracking_uri=tracking_uri, storage=storage,
               restart_failed=restart_failed, echo=echo, live=live)
 
 
-def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | None, run_id: str,
+def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | None,
                           recorded: str | None) -> str:
     """The spec the sweep last ran, from its parent run's ``spec.yaml`` artifact."""
     from orchestrator.tracking import SweepTracker
@@ -77,8 +76,8 @@ def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | Non
     folder = Path(tempfile.mkdtemp(prefix=f"xmem-{sweep}-"))
     with open_tracking(tracking_uri, store, artifacts=True) as uri:
         try:
-            path = SweepTracker(uri, sweep).client.download_artifacts(run_id, "spec.yaml", str(folder))
-        except Exception as error:  # the MLflow client raises several types
-            raise XmemError(f"sweep {sweep}: its spec file {recorded or '(not recorded)'} is gone and its "
-                            f"parent run has no spec.yaml ({error}); run xmem sweep SPEC.yaml instead") from None
-    return path
+            return SweepTracker(uri, sweep).download_spec(folder)
+        except XmemError as error:
+            raise XmemError(f"sweep {sweep}: its spec file {recorded or '(not recorded)'} is gone and "
+                            f"its parent run's spec.yaml cannot be read ({error}); run xmem sweep "
+                            "SPEC.yaml instead") from None

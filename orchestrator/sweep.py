@@ -196,8 +196,8 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         runs = tracker.trial_runs()
         for trial_id, error in (errors if payloads else {}).items():
             run = runs.get(trial_id)
-            if run is not None and run.info.status not in ("FINISHED", "FAILED"):
-                tracker.mark_trial_failed(run.info.run_id, error)  # its worker died silently
+            if run is not None and run.run_status not in ("FINISHED", "FAILED"):
+                tracker.mark_trial_failed(run.run_id, error)  # its worker died silently
         runs = tracker.trial_runs() if payloads and errors else runs
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
         failed = sum(row["status"] == "failed" for row in rows)
@@ -262,12 +262,13 @@ class SweepPlan:
 
 def plan_sweep(trials: list[TrialPoint], runs: dict[str, Any], checkpoints: dict[str, str],
                restart_failed: bool) -> SweepPlan:
-    """Apply the resume decision to every trial, given the tracker's runs by trial id."""
+    """Apply the resume decision to every trial, given the tracker's runs by trial id
+    (``tracking.TrialRecord``: ``run_status``, ``tags``, ``name``)."""
     actions: dict[str, Action] = {}
     for trial in trials:
         run = runs.get(trial.trial_id)
-        state = TrialState(run_status=run.info.status if run else None,
-                           xmem_status=run.data.tags.get(TAG_STATUS) if run else None,
+        state = TrialState(run_status=run.run_status if run else None,
+                           xmem_status=run.tags.get(TAG_STATUS) if run else None,
                            checkpoint=checkpoints.get(trial.trial_id))
         actions[trial.trial_id] = decide(state, restart_failed)
     ids = set(actions)
@@ -275,17 +276,20 @@ def plan_sweep(trials: list[TrialPoint], runs: dict[str, Any], checkpoints: dict
         actions=actions,
         to_run=[t for t in trials if actions[t.trial_id] is not Action.SKIP],
         checkpoints={tid: checkpoints[tid] for tid, a in actions.items() if a is Action.RESUME},
-        stale_runs=sorted(run.info.run_name for tid, run in runs.items() if tid not in ids),
+        stale_runs=sorted(run.name for tid, run in runs.items() if tid not in ids),
     )
 
 
 def _result_row(trial: TrialPoint, run: Any) -> dict[str, Any]:
+    """One row of the end-of-sweep table from the trial's run (a ``tracking.TrialRecord``)."""
+    from orchestrator.results import trial_status
+
     row: dict[str, Any] = {"name": trial.name, "trial_id": trial.trial_id, **trial.varying}
     if run is None:
         row["status"] = None
         return row
-    row["status"] = run.data.tags.get(TAG_STATUS) or run.info.status.lower()
-    row["run_id"] = run.info.run_id
+    row["status"] = trial_status(run.tags, run.run_status)
+    row["run_id"] = run.run_id
     for name in TABLE_METRICS:
-        row[name] = run.data.metrics.get(name)
+        row[name] = run.latest[name][1] if name in run.latest else None
     return row

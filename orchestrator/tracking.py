@@ -408,9 +408,19 @@ class SweepTracker:
             run_ids[trial.trial_id] = run_id
         return run_ids
 
-    def trial_runs(self) -> dict[str, Run]:
-        """trial_id -> its run (active runs only), from one paginated search."""
-        return {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
+    def trial_runs(self) -> dict[str, "TrialRecord"]:
+        """trial_id -> its run as plain data (active runs only), from one paginated search."""
+        return {run.data.tags[TAG_TRIAL_ID]: _trial_record(run) for run in self._trial_run_list()}
+
+    def parent_tags(self) -> dict[str, str]:
+        """The tags of the sweep's parent run (spec path, storage, ...)."""
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            return dict(self.client.get_run(self.find_parent_run_id()).data.tags)
+
+    def download_spec(self, folder: str | os.PathLike) -> str:
+        """Download the parent run's ``spec.yaml`` into ``folder``; return its path."""
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            return self.client.download_artifacts(self.find_parent_run_id(), SPEC_ARTIFACT, str(folder))
 
     def tag_parent_run(self, tags: dict[str, str]) -> None:
         """Set tags on this sweep's parent run (after ``start_parent_run``)."""

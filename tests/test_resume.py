@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from orchestrator.checkpoints import latest_checkpoints
 from orchestrator.resume import Action, TrialState, decide
 from orchestrator.spec import TrialPoint, trial_id
+from orchestrator.tracking import TrialRecord
 from orchestrator.sweep import plan_sweep
 from workers.config import TrialConfig
 
@@ -39,8 +39,8 @@ def _point(sigma: float) -> TrialPoint:
 
 def _run(name: str, status: str, xmem_status: str | None):
     tags = {} if xmem_status is None else {"xmem.status": xmem_status}
-    return SimpleNamespace(info=SimpleNamespace(status=status, run_name=name),
-                           data=SimpleNamespace(tags=tags))
+    return TrialRecord(run_id=f"run-{name}", name=name, trial_id="", run_status=status, tags=tags,
+                       params={}, latest={})
 
 
 def test_plan_keeps_finished_resumes_interrupted_runs_new_and_reports_stale_runs():

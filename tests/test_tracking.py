@@ -161,7 +161,7 @@ def test_creating_trial_runs_again_reuses_them(mlflow_server, client):
     assert {k: second[k] for k in first} == first
     assert second[extra.trial_id] not in first.values()
     found = rerun.trial_runs()
-    assert {k: run.info.run_id for k, run in found.items()} == second
+    assert {k: record.run_id for k, record in found.items()} == second
     all_runs = client.search_runs([rerun.ensure_experiment()])
     assert len(all_runs) == 4  # the parent and three trials, nothing twice
 
