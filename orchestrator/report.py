@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +30,7 @@ from orchestrator import claims, results
 from orchestrator.claims import ClaimCheck
 from orchestrator.sweep import DEFAULT_STORAGE
 from workers import metrics
+from workers.errors import XmemError
 
 REPORT_ARTIFACT_DIR = "report"
 HTML_FILE = "report.html"
@@ -62,12 +64,14 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
     sweep's parent run.
 
     Raises:
-        XmemError: no such sweep (listing the ones that exist), no store, server trouble.
+        XmemError: ``out_dir`` cannot be written (checked first), no such sweep (listing the
+            ones that exist), no store, server trouble.
     """
     from orchestrator import figures  # matplotlib: only when drawing
     from orchestrator.tracking import SweepTracker
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(sweep)
+    check_out_dir(out)
     with results.open_tracking(tracking_uri, store) as uri:
         tracker = SweepTracker(uri, sweep)
         loaded = results.load_results(tracker, with_history=True)
@@ -88,6 +92,27 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
     echo(format_claims(checks))
     echo(f"logged to the parent run {parent_run_id} under {REPORT_ARTIFACT_DIR}/")
     return Report(out, out / HTML_FILE, [f.path for f in drawn], checks, parent_run_id, uri)
+
+
+def check_out_dir(out: Path) -> None:
+    """Raise ``XmemError`` when ``out`` cannot be made a writable folder; leaves nothing behind.
+
+    Tried for real (make the folders, write a temporary file, remove what was made), since
+    permission bits do not tell (root, read-only mounts, /proc).
+    """
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise XmemError(f"cannot write the report to {out}: {error.strerror} "
+                        f"({error.filename or out}).\nPass --out with a folder you can write to "
+                        "(it is created when missing).") from None
+    finally:
+        for folder in missing:
+            if folder.is_dir():
+                folder.rmdir()
 
 
 def format_claims(checks: Sequence[ClaimCheck]) -> str:

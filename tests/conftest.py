@@ -92,3 +92,16 @@ def finished_sweep(tmp_path_factory, ray_cluster, mlflow_server):
                         storage=str(folder / "store"), echo=lambda line: None)
     assert [row["status"] for row in outcome.rows] == ["finished"] * 4
     return outcome
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """A ``CliRunner`` result of a user error: exit code 2, no exception escaped the command
+    (the runner keeps an escaped exception in ``result.exception`` instead of printing its
+    traceback, so checking the output for "Traceback" alone proves nothing), and every
+    fragment in the output."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, (fragment, result.output)

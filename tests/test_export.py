@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from conftest import assert_user_error
 from orchestrator import results
 from orchestrator.cli import main
 from orchestrator.tracking import TrialRecord, config_params
@@ -113,26 +114,21 @@ def test_export_history_has_a_row_per_trial_and_evaluated_epoch(finished_sweep, 
 def test_unknown_sweep_exits_2_listing_the_sweeps_that_exist(finished_sweep, mlflow_server, tmp_path):
     out = tmp_path / "x.parquet"
     result = _invoke("export", "no-such-sweep", "-o", str(out), "--tracking-uri", mlflow_server.uri)
-    assert result.exit_code == 2, result.output
-    assert "no sweep named 'no-such-sweep'" in result.output
-    assert finished_sweep.spec.name in result.output
-    assert "Traceback" not in result.output
+    assert_user_error(result, "no sweep named 'no-such-sweep'", finished_sweep.spec.name)
     assert not out.exists()
 
 
 def test_missing_store_exits_2_with_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = _invoke("export", "quickstart", "--store", str(tmp_path / "nothing"))
-    assert result.exit_code == 2, result.output
-    assert "no MLflow store at" in result.output and "--tracking-uri" in result.output
+    assert_user_error(result, "no MLflow store at", "--tracking-uri")
 
 
 def test_unreachable_server_exits_2_quickly(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     result = _invoke("export", "quickstart", "-o", str(tmp_path / "x.parquet"),
                      "--tracking-uri", "http://127.0.0.1:9")
-    assert result.exit_code == 2, result.output
-    assert "http://127.0.0.1:9" in result.output and "Traceback" not in result.output
+    assert_user_error(result, "http://127.0.0.1:9")
 
 
 # --- the tables from hand-made records (no servers) ----------------------------------------

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from conftest import assert_user_error
 from orchestrator.cli import main
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_sweep
@@ -261,5 +262,4 @@ def test_restart_failed_reruns_a_failed_trial_from_scratch_in_its_same_run(
 
 def test_status_of_an_unknown_sweep_lists_the_known_ones(mlflow_server):
     result = CliRunner().invoke(main, ["status", "no-such-sweep", "--tracking-uri", mlflow_server.uri])
-    assert result.exit_code == 2
-    assert "no sweep named 'no-such-sweep'" in result.output and "Traceback" not in result.output
+    assert_user_error(result, "no sweep named 'no-such-sweep'")

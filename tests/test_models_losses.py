@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from workers.config import TrialConfig
+from workers.config import CONVNET_MIN_SIDE, TrialConfig
+from workers.errors import ConfigError
 from workers.losses import per_example_loss
-from workers.models import build_model, weight_layers
+from workers.models import ConvNet, _convnet_feature_side, build_model, weight_layers
 
 
 def _config(**values) -> TrialConfig:
@@ -56,6 +57,27 @@ def test_convnet_layers_shapes_and_first_layer_sigma():
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     fan_in, fan_out = 32 * 25, 64 * 25
     assert float(model.conv2.weight.abs().max()) <= math.sqrt(6 / (fan_in + fan_out))
+
+
+def test_convnet_minimum_image_side_is_the_same_everywhere():
+    assert CONVNET_MIN_SIDE == 15
+    assert _convnet_feature_side(CONVNET_MIN_SIDE) == 1 and _convnet_feature_side(CONVNET_MIN_SIDE - 1) == 0
+    model = build_model(_config(model="convnet", hidden=8), (3, 15, 15), 10)
+    assert model.hidden.weight.shape == (8, 64)
+    assert model(torch.zeros(2, 3, 15, 15)).shape == (2, 10)
+    with pytest.raises(ValueError, match="at least 15x15, got 15x14"):
+        ConvNet((3, 15, 14), 8, 10, "relu")
+    with pytest.raises(ConfigError, match="at least 15x15 pixels and dataset digits has 8x8"):
+        TrialConfig.from_mapping({"model": "convnet", "dataset": "digits"})
+
+
+def test_convnet_over_too_small_images_is_a_config_error_naming_the_table():
+    config = _config(model="convnet", data_file="/data/small.parquet")
+    with pytest.raises(ConfigError, match=r"at least 15x15 pixels and the images of data_file "
+                                          r"/data/small\.parquet are 12x14: use model mlp"):
+        build_model(config, (3, 12, 14), 10)
+    with pytest.raises(ConfigError, match="images of dataset cifar10 are 14x20"):
+        build_model(_config(model="convnet"), (3, 14, 20), 10)
 
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], dtype=torch.float64, requires_grad=True)

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from conftest import assert_user_error
 from orchestrator.cli import main
 from orchestrator.sweep import run_sweep
 from workers import metrics
@@ -128,9 +129,6 @@ def test_bad_spec_exits_2_with_a_clear_message_and_creates_nothing(tmp_path, mlf
     store = tmp_path / "store"
     result = CliRunner().invoke(main, ["sweep", str(spec), "--storage", str(store),
                                        "--tracking-uri", mlflow_server.uri])
-    assert result.exit_code == 2, result.output
-    assert str(spec) in result.output
-    assert expected in result.output
-    assert "Traceback" not in result.output
+    assert_user_error(result, str(spec), expected)
     assert not store.exists()
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -22,12 +23,20 @@ LOSSES = ("cross_entropy", "hinge", "squared")
 DEVICES = ("auto", "cpu", "cuda")
 # Keys that say where or how often things happen but never change a trial's numbers.
 NON_RESULT_KEYS = ("data_dir", "download", "checkpoint_every")
+# Largest `seed` / `data_seed`: torch.Generator.manual_seed overflows past 64 bits, and seeds
+# are also used with an offset added (the shuffle stream: seed + 1_000_003).
+MAX_SEED = 2**31 - 1
+# The smallest image side the ConvNet takes (workers.models: 15 pixels reach the dense layer
+# as 1 x 1, 14 as nothing).
+CONVNET_MIN_SIDE = 15
 
 
 def _doc(text: str, *, choices: tuple | None = None, minimum: float | None = None,
-         exclusive: bool = False) -> dict:
-    """Field metadata: help text, and the valid choices or range checked by validation."""
-    return {"doc": text, "choices": choices, "minimum": minimum, "exclusive": exclusive}
+         exclusive: bool = False, maximum: float | None = None) -> dict:
+    """Field metadata: help text, and the valid choices or range checked by validation
+    (``minimum``, exclusive when ``exclusive``; ``maximum``, inclusive)."""
+    return {"doc": text, "choices": choices, "minimum": minimum, "exclusive": exclusive,
+            "maximum": maximum}
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,8 @@ class TrialConfig:
         "Stratified subset of the test split (examples in total); null = all.", minimum=1))
     data_seed: int = field(default=0, metadata=_doc(
         "Seed of the subsets, the label shuffle and the alignment probes; fixed across "
-        "trials so that trials differing in `seed` see the same data.", minimum=0))
+        "trials so that trials differing in `seed` see the same data.", minimum=0,
+        maximum=MAX_SEED))
     shuffle_labels: bool = field(default=False, metadata=_doc(
         "Train on a fixed random permutation of the training labels (the paper's "
         "random-label runs)."))
@@ -87,7 +97,7 @@ class TrialConfig:
     epochs: int = field(default=100, metadata=_doc(
         "Passes over the training set (the authors' code defaults to 2000).", minimum=0))
     seed: int = field(default=0, metadata=_doc(
-        "Seed of initialization and of the per-epoch shuffles.", minimum=0))
+        "Seed of initialization and of the per-epoch shuffles.", minimum=0, maximum=MAX_SEED))
     device: str = field(default="auto", metadata=_doc(
         "auto = cuda when available, else cpu.", choices=DEVICES))
 
@@ -184,6 +194,8 @@ def key_problems(key: Any, value: Any) -> list[str]:
     if not _type_ok(kind, value):
         expected = kind.__name__ + (" or null" if nullable else "")
         return [f"'{key}' must be {expected}, got {type(value).__name__} {value!r}"]
+    if kind is float and not _is_finite(value):
+        return [f"'{key}' must be a finite number, got {value!r}"]
     problems = []
     if meta["choices"] and value not in meta["choices"]:
         problems.append(f"'{key}' is {value!r}; valid choices: {', '.join(meta['choices'])}")
@@ -193,7 +205,18 @@ def key_problems(key: Any, value: Any) -> list[str]:
             problems.append(f"'{key}' must be > {minimum:g}, got {value!r}")
         elif not meta["exclusive"] and not value >= minimum:
             problems.append(f"'{key}' must be >= {minimum:g}, got {value!r}")
+    maximum = meta["maximum"]
+    if maximum is not None and not value <= maximum:
+        problems.append(f"'{key}' must be <= {maximum}, got {value!r}")
     return problems
+
+
+def _is_finite(number: int | float) -> bool:
+    """False for inf, nan, and ints too large for a float (10**400)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
@@ -201,8 +224,9 @@ def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
     merged = {f.name: f.default for f in dataclasses.fields(TrialConfig)} | dict(values)
     problems = []
     if merged["model"] == "convnet" and merged["dataset"] == "digits":
-        problems.append("'model' convnet needs images of at least 16x16 pixels and dataset "
-                        "digits has 8x8: use model mlp, or dataset cifar10/cifar100/svhn")
+        problems.append(f"'model' convnet needs images of at least {CONVNET_MIN_SIDE}x"
+                        f"{CONVNET_MIN_SIDE} pixels and dataset digits has 8x8: use model mlp, "
+                        "or dataset cifar10/cifar100/svhn")
     return problems
 
 

@@ -20,7 +20,8 @@ import math
 import torch
 from torch import nn
 
-from workers.config import TrialConfig
+from workers.config import CONVNET_MIN_SIDE, TrialConfig
+from workers.errors import ConfigError
 
 
 class Sin(nn.Module):
@@ -53,7 +54,8 @@ class MLP(nn.Module):
 class ConvNet(nn.Module):
     """The paper's ConvNet. Input ``(B, C, H, W)``; output ``(B, K)`` logits.
 
-    Pooling is 'valid' (no padding), so a 32x32 image reaches ``hidden`` as 64 x 5 x 5.
+    Pooling is 'valid' (no padding), so a 32x32 image reaches ``hidden`` as 64 x 5 x 5 and a
+    15x15 one (the smallest, ``CONVNET_MIN_SIDE``) as 64 x 1 x 1.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], hidden: int, num_classes: int,
@@ -66,7 +68,8 @@ class ConvNet(nn.Module):
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2)
         side_h, side_w = _convnet_feature_side(height), _convnet_feature_side(width)
         if side_h < 1 or side_w < 1:
-            raise ValueError(f"convnet needs images of at least 20x20, got {height}x{width}")
+            raise ValueError(f"convnet needs images of at least {CONVNET_MIN_SIDE}x{CONVNET_MIN_SIDE}, "
+                             f"got {height}x{width}")
         self.hidden = nn.Linear(64 * side_h * side_w, hidden)
         self.top = nn.Linear(hidden, num_classes)
 
@@ -106,7 +109,17 @@ def build_model(config: TrialConfig, image_shape: tuple[int, int, int], num_clas
     Args:
         image_shape: ``(C, H, W)`` of the standardized images.
         num_classes: K, the width of the logits.
+
+    Raises:
+        ConfigError: a convnet over images smaller than ``CONVNET_MIN_SIDE`` (e.g. from a
+            ``data_file`` table); the config alone cannot tell.
     """
+    _, height, width = image_shape
+    if config.model == "convnet" and min(height, width) < CONVNET_MIN_SIDE:
+        source = f"data_file {config.data_file}" if config.data_file else f"dataset {config.dataset}"
+        raise ConfigError([f"'model' convnet needs images of at least {CONVNET_MIN_SIDE}x"
+                           f"{CONVNET_MIN_SIDE} pixels and the images of {source} are "
+                           f"{height}x{width}: use model mlp, or larger images"])
     if config.model == "mlp":
         model: nn.Module = MLP(math.prod(image_shape), config.hidden, num_classes, config.activation)
     else:

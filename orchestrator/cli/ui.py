@@ -10,19 +10,17 @@ from orchestrator.cli import main
 
 
 @main.command()
-@click.option("--store", type=click.Path(file_okay=False), default="xmem-runs/mlflow", show_default=True,
-              help="The folder an embedded sweep server used (holds mlflow.db and artifacts/).")
+@click.option("--store", type=click.Path(file_okay=False), metavar="DIR",
+              help="The folder an embedded sweep server used (holds mlflow.db and artifacts/). "
+                   "Default: xmem-runs/mlflow, where sweeps with the default --storage keep it.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
-def ui(store: str, host: str, port: int) -> None:
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+def ui(store: str | None, host: str, port: int) -> None:
     """Serve the MLflow UI over a local sweep store (Ctrl-C to stop)."""
+    from orchestrator.sweep import DEFAULT_STORAGE, local_mlflow_root
     from orchestrator.tracking import serve_ui
-    from workers.errors import XmemError
 
-    root = Path(store)
-    if not (root / "mlflow.db").is_file():
-        raise XmemError(f"no MLflow store at {root.resolve()} (expected {root / 'mlflow.db'}).\n"
-                        "Run a sweep first (xmem sweep experiments/quickstart.yaml), or pass --store "
-                        "with the folder a sweep printed.")
-    click.echo(f"MLflow UI on http://{host}:{port} (store {root.resolve()}); Ctrl-C to stop")
+    root = Path(store) if store else local_mlflow_root(DEFAULT_STORAGE)
+    click.echo(f"starting the MLflow UI on http://{host}:{port} over the store {root.resolve()}; "
+               "Ctrl-C to stop")
     serve_ui(root, host, port)
