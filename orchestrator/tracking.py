@@ -174,8 +174,9 @@ def serve_ui(root: Path, host: str, port: int) -> None:
     """
     root = Path(root).expanduser().resolve()
     if not (root / STORE_FILE).is_file():
-        raise XmemError(f"no MLflow store at {root / STORE_FILE}: sweeps run without a "
-                        "tracking URI write there; pass the folder that holds mlflow.db")
+        raise XmemError(f"no MLflow store at {root / STORE_FILE}.\nSweeps run without a tracking "
+                        "URI write one to <storage>/mlflow: pass that folder with --store, or run a "
+                        "sweep first (xmem sweep experiments/quickstart.yaml).")
     _check_port_free(host, port)
     command = _server_command(root, host, port)
     # In its own session, so that Ctrl-C reaches only this process, which stops the server

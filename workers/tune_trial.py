@@ -9,7 +9,8 @@ What one call does, in order:
 4. train, reporting each evaluated epoch to Tune, sending metrics to MLflow every few seconds,
    and saving a checkpoint every ``checkpoint_every`` epochs (or adaptively, ~5% of the time);
 5. log the final artifacts and end the run FINISHED (finished or diverged), or FAILED with the
-   error text before re-raising so that Tune can retry from the checkpoint.
+   error text: a user error (``XmemError``) ends the trial at once, anything else is re-raised
+   so that Tune retries from the checkpoint.
 
 While the tracking server is unreachable the trial keeps training and queues its metrics; it
 fails (to be resumed later) only when the server stays away longer than
@@ -118,6 +119,11 @@ def _load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
         return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
 
+class TrackingServerAway(RuntimeError):
+    """The tracking server stayed unreachable too long: not a user error, so Tune retries the
+    trial from its checkpoint (and a later rerun of the sweep resumes it)."""
+
+
 class _PatientTracking:
     """Calls into MLflow that tolerate an unreachable server for ``tracking_wait_seconds()``."""
 
@@ -126,8 +132,8 @@ class _PatientTracking:
         self.down_since: float | None = None
         self.last_flush = time.monotonic()
 
-    def _give_up(self, error: Exception) -> XmemError:
-        return XmemError(f"the MLflow tracking server {self.logger.tracking_uri} was unreachable for "
+    def _give_up(self, error: Exception) -> TrackingServerAway:
+        return TrackingServerAway(f"the MLflow tracking server {self.logger.tracking_uri} was unreachable for "
                          f"more than {tracking_wait_seconds():g} s ({error}); {len(self.logger.pending)} "
                          "metric values are kept in the checkpoint's history; rerun the sweep to resume")
 
@@ -210,9 +216,18 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
                       trial.model.state_dict())
         tracking.call(logger.finish, trial.status)
         tune.report({"epoch": trial.epoch, "xmem_status": trial.status, "xmem_done": True})
+    except XmemError as error:
+        # A user error (a missing dataset, images too small for the model) fails the same way
+        # on every retry: end the trial failed now instead of spending max_failures retries.
+        _end_failed(logger, f"{error}\n\n{traceback.format_exc()}")
+        tune.report({"xmem_status": "failed", "xmem_done": True, "xmem_error": str(error)})
     except BaseException:
-        try:
-            logger.fail(traceback.format_exc())
-        except Exception:  # the server may be the reason we are failing
-            pass
+        _end_failed(logger, traceback.format_exc())
         raise
+
+
+def _end_failed(logger: TrialRunLogger, error_text: str) -> None:
+    try:
+        logger.fail(error_text)
+    except Exception:  # the server may be the reason we are failing
+        pass
