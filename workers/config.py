@@ -111,8 +111,8 @@ class TrialConfig:
     probe_per_class: int = field(default=100, metadata=_doc(
         "Examples per class in the fixed alignment probes (train and test).", minimum=2))
     checkpoint_every: int | None = field(default=None, metadata=_doc(
-        "Save a resumable checkpoint every this many epochs when run in a sweep; null = "
-        "chosen so that checkpointing costs about 5% of a trial's time.", minimum=1))
+        "Save a resumable checkpoint every this many epochs when run in a sweep (at evaluated "
+        "epochs); null = as often as keeps checkpointing near 5% of a trial's time.", minimum=1))
 
     # ----------------------------------------------------------------------------------
     @classmethod
