@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from orchestrator.text_table import format_table
 from workers import metrics
 
 PENDING, RUNNING, FINISHED, FAILED, DIVERGED = "pending", "running", "finished", "failed", "diverged"
@@ -147,8 +148,4 @@ def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) ->
         body.append([row["name"]] + [_cell(row.get(k)) for k in varying_keys]
                     + [row.get("status") or "-", pct(metrics.TRAIN_ACC), pct(metrics.TEST_BEST_ACC),
                        "-" if grad is None else f"{grad:.3f}"])
-    widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
-             for line in [header] + body]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(header, body, rule=True)

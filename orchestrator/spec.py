@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from workers.config import TrialConfig, config_problems, key_problems
+from orchestrator.text_table import format_table
 from workers.config_file import read_yaml
 from workers.errors import ConfigError
 
@@ -582,11 +583,7 @@ def format_trial_table(trials: list[TrialPoint]) -> str:
     rows = [[trial.trial_id, trial.name,
              *(_format_value(trial.varying[k]) if k in trial.varying else "" for k in keys)]
             for trial in trials]
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [header, *rows]]
-    lines.append(_count(len(trials), "trial"))
-    return "\n".join(lines)
+    return format_table(header, rows) + "\n" + _count(len(trials), "trial")
 
 
 class Setting(NamedTuple):

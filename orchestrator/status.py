@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.results import open_tracking, trial_status
+from orchestrator.text_table import format_table
 from workers import metrics
 from workers.errors import XmemError
 from workers.run_tags import TAG_ATTEMPTS, TAG_SPEC_PATH, TAG_STORAGE
@@ -26,13 +27,9 @@ def format_status(sweep: str, records: list) -> str:
                      record.tags.get(TAG_ATTEMPTS, "0"),
                      f"{'-' if epochs is None else epochs}/{total}"]
                     + [_metric(record.latest.get(name)) for name in STATUS_METRICS])
-    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     counts = collections.Counter(row[1] for row in rows)
-    lines.append("")
-    lines.append(f"{sweep}: {len(rows)} trial(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    return "\n".join(lines)
+    totals = f"{sweep}: {len(rows)} trial(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return format_table(header, rows, rule=True) + "\n\n" + totals
 
 
 def _metric(latest: tuple[int, float] | None) -> str:

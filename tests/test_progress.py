@@ -60,3 +60,21 @@ def test_results_table_has_a_row_per_trial_with_percentages_and_missing_values()
     assert lines[0].split() == ["trial", "sigma", "status", "train", "acc", "best", "test", "acc", "align/grad"]
     assert lines[2].split() == ["sigma10-seed0", "10", "finished", "100.0%", "11.4%", "0.000"]
     assert lines[3].split() == ["sigma1-seed0", "1", "failed", "-", "-", "-"]
+
+
+def test_status_lists_state_attempts_epochs_and_totals():
+    from orchestrator.status import format_status
+    from orchestrator.tracking import TrialRecord
+
+    def record(name, status, tags, latest):
+        return TrialRecord(run_id=name, name=name, trial_id=name, run_status=status, tags=tags,
+                           params={"epochs": "30"}, latest=latest)
+
+    text = format_status("sw", [
+        record("sigma1", "FINISHED", {"xmem.status": "finished", "xmem.attempts": "2"},
+               {metrics.TRAIN_LOSS: (30, 0.01), metrics.TRAIN_ACC: (30, 1.0)}),
+        record("sigma10", "SCHEDULED", {}, {})])
+    lines = text.splitlines()
+    assert lines[2].split()[:4] == ["sigma1", "finished", "2", "30/30"]
+    assert lines[3].split()[:4] == ["sigma10", "scheduled", "0", "-/30"]
+    assert lines[-1] == "sw: 2 trial(s): 1 finished, 1 scheduled"
