@@ -182,8 +182,7 @@ def trials_table(sweep: str, records: Sequence[Any]) -> pa.Table:
     names = metric_names(record.latest for record in records)
     columns = _trial_columns(sweep, records)
     columns[ATTEMPTS] = pa.array([_as_int(r.tags.get(TAG_ATTEMPTS)) for r in records], pa.int64())
-    columns[EPOCHS_DONE] = pa.array(
-        [max((step for step, _ in r.latest.values()), default=None) for r in records], pa.int64())
+    columns[EPOCHS_DONE] = pa.array([epochs_done(r) for r in records], pa.int64())
     columns.update(_config_columns(records, repeat=[1] * len(records)))
     for name in names:
         columns[name] = pa.array([r.latest[name][1] if name in r.latest else None
@@ -289,6 +288,11 @@ def _config_columns(records: Sequence[Any], repeat: Sequence[int]) -> dict[str, 
     return {key: pa.array([param_value(r.params.get(key), arrow_type)
                            for r, n in zip(records, repeat) for _ in range(n)], arrow_type)
             for key, arrow_type in types.items()}
+
+
+def epochs_done(record: Any) -> int | None:
+    """The highest epoch any metric of the trial's run was logged at (None: nothing logged)."""
+    return max((step for step, _ in record.latest.values()), default=None)
 
 
 def trial_status(tags: Mapping[str, str], run_status: str) -> str:

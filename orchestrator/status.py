@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.results import open_tracking, trial_status
+from orchestrator.results import epochs_done, open_tracking, trial_status
 from orchestrator.text_table import format_table
 from workers import metrics
 from workers.errors import XmemError
@@ -21,7 +21,7 @@ def format_status(sweep: str, records: list) -> str:
     header = ["trial", "state", "attempts", "epochs"] + [name for name in STATUS_METRICS]
     rows = []
     for record in sorted(records, key=lambda r: r.name):
-        epochs = record.latest.get(metrics.TRAIN_LOSS, (None, None))[0]
+        epochs = epochs_done(record)
         total = record.params.get("epochs")
         rows.append([record.name, trial_status(record.tags, record.run_status),
                      record.tags.get(TAG_ATTEMPTS, "0"),
@@ -62,7 +62,7 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | No
         spec_path = _spec_from_parent_run(sweep, tracking_uri, store, spec_path)
     echo(f"resuming sweep {sweep} from {spec_path} (storage {storage})")
     run_sweep(spec_path, address=address, tracking_uri=tracking_uri, storage=storage,
-              restart_failed=restart_failed, echo=echo, live=live)
+              restart_failed=restart_failed, store=None if tracking_uri else store, echo=echo, live=live)
 
 
 def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | None,

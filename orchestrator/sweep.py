@@ -121,12 +121,16 @@ def varying_keys(trials: list[TrialPoint]) -> list[str]:
 
 def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, dry_run: bool = False, restart_failed: bool = False,
-              echo: Callable[[str], None] = print, live: bool = False) -> SweepOutcome | None:
+              store: str | None = None, echo: Callable[[str], None] = print,
+              live: bool = False) -> SweepOutcome | None:
     """Run (or, with ``dry_run``, only show) the sweep in ``spec_path``. See the module doc.
 
     Rerunning a sweep that exists in the tracking server resumes it (``orchestrator.resume``):
     finished trials are kept, interrupted or failed ones continue from their latest
     checkpoint (``restart_failed``: failed ones start over), new grid points run.
+
+    ``store``: the folder of the embedded MLflow server when there is no tracking URI
+    (default ``<storage>/mlflow``).
     """
     started = time.perf_counter()
     spec = load_spec(spec_path)
@@ -147,7 +151,8 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     else:
         # Started first and awaited after Ray is up: the two start-ups overlap. (Started from
         # this thread: the server dies with the thread that forked it.)
-        server = tracking.start_local_server(local_mlflow_root(settings.storage), wait=False)
+        server = tracking.start_local_server(Path(store) if store else local_mlflow_root(settings.storage),
+                                             wait=False)
     try:
         cluster = tune_runner.connect(settings.address)
         timings["ray_start_s"] = cluster.seconds_to_start
