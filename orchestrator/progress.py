@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from orchestrator.text_table import format_table
+from orchestrator.text_table import format_table, format_value
 from workers import metrics
 
 PENDING, RUNNING, FINISHED, FAILED, DIVERGED = "pending", "running", "finished", "failed", "diverged"
@@ -124,14 +124,6 @@ class SweepProgress:
         return f"[{format_seconds(elapsed)}] {states} | {fraction:5.1%} of epochs | ~{eta} left"
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) -> str:
     """The end-of-sweep table: varying keys, status, final train acc, best test acc, align/grad.
 
@@ -145,7 +137,7 @@ def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) ->
             value = row.get(name)
             return "-" if value is None else f"{value:.1%}"
         grad = row.get(metrics.ALIGN_GRAD)
-        body.append([row["name"]] + [_cell(row.get(k)) for k in varying_keys]
+        body.append([row["name"]] + [format_value(row.get(k), missing="-") for k in varying_keys]
                     + [row.get("status") or "-", pct(metrics.TRAIN_ACC), pct(metrics.TEST_BEST_ACC),
                        "-" if grad is None else f"{grad:.3f}"])
     return format_table(header, body, rule=True)

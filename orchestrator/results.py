@@ -51,6 +51,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import pyarrow as pa
 
 from orchestrator.sweep import DEFAULT_STORAGE, local_mlflow_root
+from orchestrator.text_table import format_value  # noqa: F401  (figures and report use it from here)
 from workers import metrics
 from workers.config import TrialConfig
 from workers.errors import XmemError
@@ -396,12 +397,6 @@ def by_sigma(rows: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[float
     return sorted(found, key=lambda item: item[0])
 
 
-def format_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _hashable(value: Any) -> Any:

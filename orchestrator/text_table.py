@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
+
+
+def format_value(value: Any, missing: str = "null") -> str:
+    """A config value or number as shown to people: floats short (``%g``), None as ``missing``."""
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], rule: bool = False) -> str:
