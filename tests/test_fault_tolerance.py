@@ -109,7 +109,8 @@ def _reference_metrics(spec_path: Path, trial_id: str) -> list[dict]:
 def test_killed_worker_is_retried_from_its_checkpoint_and_matches_an_uninterrupted_run(
         tmp_path, ray_cluster, mlflow_server):
     """Breaks: SIGKILL of a trial's worker process mid-training."""
-    spec, name = _spec(tmp_path, "grid:\n  sigma: [1.0]\n", extra="max_failures: 2\n")
+    # 50 epochs: the killer (polling every 0.3 s) has a wide window after step 12.
+    spec, name = _spec(tmp_path, "grid:\n  sigma: [1.0]\n", epochs=50, extra="max_failures: 2\n")
     killed: dict = {}
     killer = _kill_worker_when_at(mlflow_server.uri, name, 12, killed)
     run_sweep(str(spec), address=ray_cluster, tracking_uri=mlflow_server.uri,
@@ -230,7 +231,7 @@ def test_tracking_server_outage_mid_trial_loses_no_step(tmp_path, ray_cluster):
 def test_restart_failed_reruns_a_failed_trial_from_scratch_in_its_same_run(
         tmp_path, ray_cluster, mlflow_server):
     """Breaks: a worker killed with no retries left (the trial fails with a checkpoint)."""
-    spec, name = _spec(tmp_path, "grid:\n  sigma: [1.0]\n", extra="max_failures: 0\n")
+    spec, name = _spec(tmp_path, "grid:\n  sigma: [1.0]\n", epochs=50, extra="max_failures: 0\n")
     storage = str(tmp_path / "store")
     killed: dict = {}
     killer = _kill_worker_when_at(mlflow_server.uri, name, 12, killed)
@@ -254,10 +255,10 @@ def test_restart_failed_reruns_a_failed_trial_from_scratch_in_its_same_run(
     assert run.info.status == "FINISHED" and run.data.tags["xmem.status"] == "finished"
     assert run.data.tags["xmem.start_epoch"] == "0"                # from scratch
     assert run.data.tags["xmem.attempts"] == "2"
-    assert _steps(mlflow_server.uri, run.info.run_id) == list(range(31))
+    assert _steps(mlflow_server.uri, run.info.run_id) == list(range(51))
     assert any("1 restarted" in line for line in lines)
     status = CliRunner().invoke(main, ["status", name, "--tracking-uri", mlflow_server.uri])
-    assert "1 finished" in status.output and "30/30" in status.output
+    assert "1 finished" in status.output and "50/50" in status.output
 
 
 def test_status_of_an_unknown_sweep_lists_the_known_ones(mlflow_server):
