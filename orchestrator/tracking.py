@@ -52,6 +52,7 @@ from mlflow.exceptions import MlflowException
 
 import workers
 from workers.config import TrialConfig
+from workers.env_defaults import env_defaults
 from workers.errors import XmemError
 from workers.run_tags import (ROLE_PARENT, ROLE_TRIAL, TAG_ATTEMPTS, TAG_GIT_COMMIT,
                                TAG_MLFLOW_GIT_COMMIT, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE,
@@ -430,7 +431,7 @@ class SweepTracker:
     def mark_trial_failed(self, run_id: str, error_text: str) -> None:
         """End a trial's run FAILED from the driver, with ``error.txt``: for a worker that
         died without a word (killed, out of memory) and so could not end its run itself."""
-        with _env_default("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"):
+        with env_defaults({"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
             self.client.log_text(run_id, error_text, "error.txt")
             self.client.set_tag(run_id, TAG_STATUS, STATUS_FAILED)
             self.client.set_terminated(run_id, status="FAILED")
@@ -444,7 +445,7 @@ class SweepTracker:
             self.parent_run_id = found[0].info.run_id
         # Without this, MLflow prints "View run ... at" to stdout (under the progress display)
         # and fetches the run once more to do it.
-        with _env_default("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"):
+        with env_defaults({"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
             self.client.set_terminated(self.parent_run_id, status=status)
 
     def experiment_url(self) -> str:
@@ -619,12 +620,9 @@ def sweep_names(tracking_uri: str) -> list[str]:
                 return sorted(names)
 
 
-@contextlib.contextmanager
-def _read_client_env() -> Iterator[None]:
-    with contextlib.ExitStack() as stack:
-        for name, value in READ_CLIENT_ENV.items():
-            stack.enter_context(_env_default(name, value))
-        yield
+def _read_client_env():
+    """``READ_CLIENT_ENV`` (short retries for reads) where the user left them unset."""
+    return env_defaults(READ_CLIENT_ENV)
 
 
 @contextlib.contextmanager
@@ -638,19 +636,6 @@ def _server_errors(tracking_uri: str) -> Iterator[None]:
                         f"expected: {first_line}\nCheck the URI (--tracking-uri or "
                         "MLFLOW_TRACKING_URI), or leave both unset to read the local store "
                         "(--store)") from error
-
-
-@contextlib.contextmanager
-def _env_default(name: str, value: str) -> Iterator[None]:
-    """``name=value`` in the environment for the calls inside, unless the user set it."""
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
 
 
 def config_params(config: TrialConfig) -> dict[str, str]:

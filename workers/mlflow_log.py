@@ -27,13 +27,12 @@ identical in key, step, timestamp and value.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +44,7 @@ from mlflow.exceptions import MlflowException
 
 from workers import metrics
 from workers.config import TrialConfig
+from workers.env_defaults import env_defaults
 from workers.run_tags import (STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
                                TAG_ATTEMPTS, TAG_STATUS)
 from workers.trial import EpochRecord
@@ -72,17 +72,9 @@ CLIENT_ENV = {
 _log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def client_env() -> Iterator[None]:
-    """Set ``CLIENT_ENV`` in the environment (where unset) for the calls inside."""
-    added = [name for name in CLIENT_ENV if name not in os.environ]
-    for name in added:
-        os.environ[name] = CLIENT_ENV[name]
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+def client_env():
+    """``CLIENT_ENV`` in the environment (where unset) for the calls inside."""
+    return env_defaults(CLIENT_ENV)
 
 
 class TrialRunLogger:
