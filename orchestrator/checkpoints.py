@@ -1,6 +1,6 @@
 """Finding trials' latest checkpoints in a sweep's Tune storage (local, NFS or s3://).
 
-Layout written by Tune and ``workers.tune_trial``::
+Layout written by Tune and ``workers.checkpoint``::
 
     <storage>/<sweep>/<trial name>-<trial id>-<session>/checkpoint_000003/
         trial_state.pt          the engine's state, history, per-class rows, MLflow run id
@@ -12,11 +12,10 @@ never writes into the folder it resumes from.
 
 from __future__ import annotations
 
-import json
-
 import pyarrow.fs as pafs
 
-from workers.run_tags import CHECKPOINT_INFO_FILE
+from workers.checkpoint import CheckpointInfo
+from workers.contract import CHECKPOINT_INFO_FILE
 
 
 def scan_checkpoints(storage: str, sweep_name: str) -> list[tuple[str, int, str]]:
@@ -31,11 +30,9 @@ def scan_checkpoints(storage: str, sweep_name: str) -> list[tuple[str, int, str]
         for checkpoint_dir in _children(filesystem, trial_dir):
             if not checkpoint_dir.rsplit("/", 1)[-1].startswith("checkpoint_"):
                 continue
-            info = _read_json(filesystem, f"{checkpoint_dir}/{CHECKPOINT_INFO_FILE}")
-            try:
-                found.append((str(info["trial_id"]), int(info["epoch"]), scheme + checkpoint_dir))
-            except (TypeError, KeyError, ValueError):
-                continue  # being written, or not xmem's
+            info = _read_info(filesystem, f"{checkpoint_dir}/{CHECKPOINT_INFO_FILE}")
+            if info is not None:  # else being written, or not xmem's
+                found.append((info.trial_id, info.epoch, scheme + checkpoint_dir))
     return found
 
 
@@ -67,9 +64,9 @@ def _children(filesystem: pafs.FileSystem, path: str) -> list[str]:
     return [info.path for info in infos if info.type == pafs.FileType.Directory]
 
 
-def _read_json(filesystem: pafs.FileSystem, path: str) -> dict | None:
+def _read_info(filesystem: pafs.FileSystem, path: str) -> CheckpointInfo | None:
     try:
         with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read().decode())
-    except (OSError, ValueError):
+            return CheckpointInfo.parse(stream.read())
+    except OSError:
         return None

@@ -1,4 +1,5 @@
-"""What a running sweep shows: a live progress line, then a table of every trial.
+"""What a sweep shows on the console: the dry run's trial table, a live progress line while
+it runs, then a results table of every trial.
 
 Pure Python on purpose (no ray, no mlflow): the Tune runner feeds it events, the sweep
 command feeds it final results, and tests drive it directly.
@@ -11,18 +12,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from orchestrator.text_table import format_table, format_value
-from workers import metrics
+from orchestrator.expand import TrialPoint, shown_keys
+from orchestrator.text import METRIC_LABELS, count, format_metric, format_seconds, format_table, format_value
+from workers import contract
+from workers.contract import STATUS_DIVERGED as DIVERGED
+from workers.contract import STATUS_FAILED as FAILED
+from workers.contract import STATUS_FINISHED as FINISHED
+from workers.contract import STATUS_PENDING as PENDING
+from workers.contract import STATUS_RUNNING as RUNNING
+from workers.contract import TRIAL_STATUSES as STATES
 
-PENDING, RUNNING, FINISHED, FAILED, DIVERGED = "pending", "running", "finished", "failed", "diverged"
-STATES = (PENDING, RUNNING, FINISHED, FAILED, DIVERGED)
+# The end-of-sweep table's metric columns (labels and formats: orchestrator.text).
+RESULTS_TABLE_METRICS = (contract.TRAIN_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD)
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+def format_trial_table(trials: list[TrialPoint]) -> str:
+    """An aligned plain-text table (trial id, name, one column per varying key) and a count
+    line: what ``xmem sweep SPEC --dry-run`` prints."""
+    keys = shown_keys(trials)
+    header = ["trial_id", "name", *keys]
+    rows = [[trial.trial_id, trial.name,
+             *(format_value(trial.varying[k]) if k in trial.varying else "" for k in keys)]
+            for trial in trials]
+    return format_table(header, rows) + "\n" + count(len(trials), "trial")
 
 
 @dataclass
@@ -125,19 +137,15 @@ class SweepProgress:
 
 
 def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) -> str:
-    """The end-of-sweep table: varying keys, status, final train acc, best test acc, align/grad.
+    """The end-of-sweep table: varying keys, status, then ``RESULTS_TABLE_METRICS``.
 
     ``rows`` hold the varying keys' values plus ``name``, ``status``, and metric values
     under their metric names (missing = not logged).
     """
-    header = ["trial"] + varying_keys + ["status", "train acc", "best test acc", "align/grad"]
-    body = []
-    for row in rows:
-        def pct(name: str) -> str:
-            value = row.get(name)
-            return "-" if value is None else f"{value:.1%}"
-        grad = row.get(metrics.ALIGN_GRAD)
-        body.append([row["name"]] + [format_value(row.get(k), missing="-") for k in varying_keys]
-                    + [row.get("status") or "-", pct(metrics.TRAIN_ACC), pct(metrics.TEST_BEST_ACC),
-                       "-" if grad is None else f"{grad:.3f}"])
+    header = (["trial"] + varying_keys + ["status"]
+              + [METRIC_LABELS[name] for name in RESULTS_TABLE_METRICS])
+    body = [[row["name"]] + [format_value(row.get(k), missing="-") for k in varying_keys]
+            + [row.get("status") or "-"]
+            + [format_metric(name, row.get(name)) for name in RESULTS_TABLE_METRICS]
+            for row in rows]
     return format_table(header, body, rule=True)

@@ -15,9 +15,8 @@ the points an ``exclude`` entry matches, plus the ``include`` points::
     resources: {cpu: 1, gpu: 0.25}
 
 ``load_spec`` reports every problem in the file at once, each naming its key path
-(``grid.sigma[2]``, ``include[0].activation``). ``expand_trials`` turns a valid spec into
-``TrialPoint``s with stable ids and readable names; ``format_trial_table`` is what
-``xmem sweep SPEC --dry-run`` prints.
+(``grid.sigma[2]``, ``include[0].activation``), and returns a ``SweepSpec`` holding the parsed
+grid axes; ``orchestrator.expand.expand_trials`` turns it into trials.
 
 This module must not import ray, mlflow or torch (directly or through ``workers``), so that
 a dry run answers in well under a second on a laptop.
@@ -27,20 +26,19 @@ from __future__ import annotations
 
 import collections
 import difflib
-import hashlib
-import itertools
-import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any
 
+from orchestrator.expand import (TRIAL_DEFAULTS, Axis, Expansion, expand_candidates, same_value,
+                                 trial_id)
+from orchestrator.text import count, format_value, listing
 from workers.config import TrialConfig, config_problems, key_problems
-from orchestrator.text_table import format_table
-from workers.config_file import read_yaml
 from workers.errors import ConfigError
+from workers.yaml_io import read_yaml
 
 TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "exclude", "include",
                   "resources", "max_concurrent", "max_failures", "tracking_uri", "storage")
@@ -50,11 +48,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # A grid key holding several comma-joined trial keys ("sigma,temperature") links them.
 LINK_SEPARATOR = ","
 DEFAULT_MAX_FAILURES = 2
-TRIAL_ID_LENGTH = 12  # hex characters of sha256: 48 bits, no clash in any realistic sweep
 
-_TRIAL_DEFAULTS = TrialConfig().to_dict()
 _MAX_LISTED = 3  # trials named in one problem line before "and N more"
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 # --- the spec ---------------------------------------------------------------------------
@@ -79,8 +74,9 @@ class SweepSpec:
     """Free text, shown in listings and stored with the experiment."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Trial keys set for every trial (grid values and include entries override them)."""
-    grid: dict[str, list] = field(default_factory=dict)
-    """Key (or comma-joined linked keys) -> list of values; trials = the cartesian product."""
+    axes: tuple[Axis, ...] = ()
+    """The grid's axes in file order (a key, or linked keys, and their values); trials = the
+    cartesian product."""
     exclude: list[dict[str, Any]] = field(default_factory=list)
     """Grid points matching every key of one entry are dropped."""
     include: list[dict[str, Any]] = field(default_factory=list)
@@ -92,7 +88,7 @@ class SweepSpec:
     max_failures: int = DEFAULT_MAX_FAILURES
     """Automatic retries of a failed trial (from its last checkpoint)."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; None = the environment's or the default (see resolve_setting)."""
+    """MLflow tracking URI; None = the environment's or the default (see orchestrator.settings)."""
     storage: str | None = None
     """Tune storage path (local folder, NFS, s3://); None = the default."""
     path: str = ""
@@ -100,31 +96,11 @@ class SweepSpec:
     raw: dict[str, Any] = field(default_factory=dict)
     """The file's parsed YAML mapping, as written (saved with the sweep as an artifact)."""
 
-
-@dataclass(frozen=True)
-class TrialPoint:
-    """One trial of a sweep."""
-
-    trial_id: str
-    """Hash of the result-changing config keys: the same trial has the same id in every
-    sweep and every rerun (what resume and deduplication key on)."""
-    name: str
-    """Readable and unique within the sweep, built from ``varying``: sin-sigma10-seed0."""
-    config: TrialConfig
-    varying: dict[str, Any]
-    """Values of the keys that vary across the sweep's trials: grid key order, then keys
-    that only include entries change."""
-
-
-def trial_id(config: TrialConfig) -> str:
-    """First 12 hex characters of sha256 over the canonical JSON of ``config.identity()``.
-
-    Keys are sorted, so the order of keys in a spec does not matter; float fields are floats
-    after ``TrialConfig.from_mapping``, so ``sigma: 1`` and ``sigma: 1.0`` give the same id;
-    ``data_dir`` and the other keys that cannot change results are not part of the identity.
-    """
-    canonical = json.dumps(config.identity(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:TRIAL_ID_LENGTH]
+    @property
+    def grid(self) -> dict[str, list]:
+        """The grid as a spec writes it: key (or ``a,b`` for linked keys) -> list of values."""
+        return {axis.label: [step[0] if len(axis.keys) == 1 else list(step)
+                             for step in axis.steps] for axis in self.axes}
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -192,12 +168,11 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
 
     if defaults is None or grid is None or exclude is None or include is None:
         return None, problems, False
-    axes, normalized_grid = grid
-    problems += _sweep_problems(_expand(defaults, axes, exclude, include), exclude)
+    problems += _sweep_problems(expand_candidates(defaults, grid, exclude, include), exclude)
     if problems:
         return None, problems, True
     spec = SweepSpec(
-        name=name, description=description or "", defaults=defaults, grid=normalized_grid,
+        name=name, description=description or "", defaults=defaults, axes=tuple(grid),
         exclude=exclude, include=include, resources=resources, max_concurrent=max_concurrent,
         max_failures=max_failures, tracking_uri=tracking_uri, storage=storage, path=source,
         raw=raw)
@@ -284,30 +259,21 @@ def _check_defaults(value: Any, problems: list[str]) -> dict[str, Any] | None:
     return None if found else dict(value)
 
 
-@dataclass(frozen=True)
-class _Axis:
-    """One dimension of the grid: a key, or a group of linked keys, and its steps."""
-
-    keys: tuple[str, ...]
-    steps: tuple[tuple, ...]  # one value per key at each step
-
-
-def _check_grid(value: Any, problems: list[str]) -> tuple[list[_Axis], dict] | None:
-    """(the axes in file order, the grid with linked keys written 'a,b') or None if bad.
+def _check_grid(value: Any, problems: list[str]) -> list[Axis] | None:
+    """The axes in file order, or None if bad.
 
     A step repeated within one key's list is reported and dropped, so that the checks of the
     expanded sweep still run without reporting each of its copies again.
     """
     if value is None:
-        return [], {}
+        return []
     if not isinstance(value, dict):
         problems.append("grid: must be a mapping of trial keys to lists of values, e.g. "
                         f"grid: {{sigma: [0.1, 1.0]}}, got {_describe(value)}")
         return None
     found: list[str] = []
     repeats: list[str] = []  # reported, but the grid without them is still checked
-    axes: list[_Axis] = []
-    normalized: dict[str, list] = {}
+    axes: list[Axis] = []
     places: dict[str, list[str]] = collections.defaultdict(list)  # key -> grid labels
     for label, values in value.items():
         if not isinstance(label, str):
@@ -323,7 +289,7 @@ def _check_grid(value: Any, problems: list[str]) -> tuple[list[_Axis], dict] | N
         if len(set(keys)) < len(keys):
             found.append(f"{path}: a linked group names the same key twice")
             continue
-        unknown = [key for key in keys if key not in _TRIAL_DEFAULTS]
+        unknown = [key for key in keys if key not in TRIAL_DEFAULTS]
         for key in unknown:
             found += [f"{path}: {problem}" for problem in key_problems(key, None)]
         for key in keys:
@@ -333,15 +299,14 @@ def _check_grid(value: Any, problems: list[str]) -> tuple[list[_Axis], dict] | N
         steps = _check_grid_values(path, keys, values, found)
         if steps is not None:
             steps = _drop_repeats(path, steps, repeats)
-            axes.append(_Axis(keys, tuple(steps)))
-            normalized[label] = [step[0] if len(keys) == 1 else list(step) for step in steps]
+            axes.append(Axis(keys, tuple(steps)))
     for key, paths in places.items():
         if len(paths) > 1:
             found.append(f"grid: key '{key}' is in {' and '.join(paths)}; a key may vary in "
                          "one place only (alone, or in one linked group)")
     problems += found + repeats
     # A repeat only costs a duplicate trial; the axes stay usable for the sweep checks.
-    return None if found else (axes, normalized)
+    return None if found else axes
 
 
 def _check_grid_values(path: str, keys: tuple[str, ...], values: Any,
@@ -375,14 +340,14 @@ def _drop_repeats(path: str, steps: list[tuple], found: list[str]) -> list[tuple
     kept: list[tuple] = []
     first_index: list[int] = []
     for index, step in enumerate(steps):
-        earlier = next((first_index[i] for i, seen in enumerate(kept) if _same(seen, step)),
+        earlier = next((first_index[i] for i, seen in enumerate(kept) if same_value(seen, step)),
                        None)
         if earlier is None:
             kept.append(step)
             first_index.append(index)
         else:
             found.append(f"{path}[{index}]: repeats {path}[{earlier}] "
-                         f"({', '.join(_format_value(v) for v in step)}); every grid point "
+                         f"({', '.join(format_value(v) for v in step)}); every grid point "
                          "would run twice")
     return kept
 
@@ -410,7 +375,7 @@ def _check_entries(section: str, value: Any, problems: list[str]) -> list[dict] 
             if not entry:
                 found.append(f"{path}: an empty entry would exclude every grid point")
             for key in entry:
-                if key not in _TRIAL_DEFAULTS:
+                if key not in TRIAL_DEFAULTS:
                     found += [f"{path}.{key}: {p}" for p in key_problems(key, None)]
         else:
             for key, item in entry.items():
@@ -419,56 +384,7 @@ def _check_entries(section: str, value: Any, problems: list[str]) -> list[dict] 
     return None if found else [dict(entry) for entry in value]
 
 
-# --- expansion --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A trial before its config is built: where it comes from, and its merged spec keys."""
-
-    origin: str  # "grid point sigma=0.1, seed=0" or "include[2]": what the user wrote
-    values: dict[str, Any]  # defaults merged with the grid point or include entry
-
-
-@dataclass(frozen=True)
-class _Expansion:
-    candidates: list[_Candidate]
-    grid_points: int  # before exclusion
-    grid_kept: int
-    unmatched_excludes: list[int]  # indices of exclude entries that matched no grid point
-    includes: int
-
-
-def _expand(defaults: dict, axes: list[_Axis], exclude: list[dict],
-            include: list[dict]) -> _Expansion:
-    """Defaults merged with each grid point (first axis varies slowest), minus exclude
-    matches, then each include entry merged with the defaults. A grid without keys has no
-    points (rather than the one empty product), so that it means "nothing to run"."""
-    candidates: list[_Candidate] = []
-    matched = [False] * len(exclude)
-    grid_points = 0
-    if axes:
-        for steps in itertools.product(*(axis.steps for axis in axes)):
-            grid_points += 1
-            point = {key: v for axis, step in zip(axes, steps) for key, v in zip(axis.keys, step)}
-            values = {**defaults, **point}
-            resolved = {**_TRIAL_DEFAULTS, **values}
-            hits = [index for index, entry in enumerate(exclude)
-                    if all(key in resolved and _same(resolved[key], v)
-                           for key, v in entry.items())]
-            for index in hits:
-                matched[index] = True
-            if not hits:
-                origin = "grid point " + ", ".join(f"{k}={_format_value(v)}"
-                                                   for k, v in point.items())
-                candidates.append(_Candidate(origin, values))
-    grid_kept = len(candidates)
-    for index, entry in enumerate(include):
-        candidates.append(_Candidate(f"include[{index}]", {**defaults, **entry}))
-    unmatched = [index for index, hit in enumerate(matched) if not hit]
-    return _Expansion(candidates, grid_points, grid_kept, unmatched, len(include))
-
-
-def _sweep_problems(expansion: _Expansion, exclude: list[dict]) -> list[str]:
+def _sweep_problems(expansion: Expansion, exclude: list[dict]) -> list[str]:
     """What only the expanded sweep shows: nothing to run, exclusions, cross-key rules of
     each merged trial (each message once, with the trials it hits), duplicate trials."""
     problems: list[str] = []
@@ -479,12 +395,12 @@ def _sweep_problems(expansion: _Expansion, exclude: list[dict]) -> list[str]:
         nothing = "; nothing to run" if not expansion.includes else ""
         problems.append(f"exclude: removes all {expansion.grid_points} grid points{nothing}")
     for index in expansion.unmatched_excludes:
-        entry = ", ".join(f"{k}: {_format_value(v)}" for k, v in exclude[index].items())
+        entry = ", ".join(f"{k}: {format_value(v)}" for k, v in exclude[index].items())
         problems.append(f"exclude[{index}]: matches no grid point ({{{entry}}}); check its "
                         "values against the grid and defaults, or remove it")
 
     by_message: dict[str, list[str]] = collections.defaultdict(list)
-    by_id: dict[str, list[tuple[_Candidate, TrialConfig]]] = collections.defaultdict(list)
+    by_id: dict[str, list[tuple[Any, TrialConfig]]] = collections.defaultdict(list)
     for candidate in expansion.candidates:
         found = config_problems(candidate.values)
         for message in found:
@@ -493,7 +409,7 @@ def _sweep_problems(expansion: _Expansion, exclude: list[dict]) -> list[str]:
             config = TrialConfig.from_mapping(candidate.values)
             by_id[trial_id(config)].append((candidate, config))
     for message, origins in by_message.items():
-        problems.append(f"{_count(len(origins), 'trial')} ({_listing(origins)}): {message}")
+        problems.append(f"{count(len(origins), 'trial')} ({listing(origins)}): {message}")
 
     duplicates = [(tid, group) for tid, group in by_id.items() if len(group) > 1]
     for tid, group in duplicates[:_MAX_LISTED]:
@@ -503,7 +419,7 @@ def _sweep_problems(expansion: _Expansion, exclude: list[dict]) -> list[str]:
                          if v != first[key]})
         why = (f"they differ only in {', '.join(differ)}, which cannot change results"
                if differ else "keep one of them")
-        problems.append(f"duplicate trial {tid}: {_listing(origins, limit=len(origins))} "
+        problems.append(f"duplicate trial {tid}: {listing(origins, limit=len(origins))} "
                         f"resolve to the same config; {why}")
     if len(duplicates) > _MAX_LISTED:
         problems.append(f"... and {len(duplicates) - _MAX_LISTED} more groups of duplicate "
@@ -511,134 +427,10 @@ def _sweep_problems(expansion: _Expansion, exclude: list[dict]) -> list[str]:
     return problems
 
 
-def expand_trials(spec: SweepSpec) -> list[TrialPoint]:
-    """The spec's trials in a deterministic order: the grid points (cartesian product in
-    grid key order, the first key varying slowest) minus exclude matches, then the include
-    entries in file order.
-
-    Raises:
-        ConfigError: when the spec was not built by ``load_spec`` and holds bad values.
-    """
-    problems: list[str] = []
-    grid = _check_grid(spec.grid, problems)
-    if problems or grid is None:
-        raise ConfigError(problems, source=spec.path or spec.name)
-    axes, _ = grid
-    expansion = _expand(spec.defaults, axes, spec.exclude, spec.include)
-    configs = [TrialConfig.from_mapping(c.values, source=f"{spec.path or spec.name}: {c.origin}")
-               for c in expansion.candidates]
-    ids = [trial_id(config) for config in configs]
-    as_dicts = [config.to_dict() for config in configs]
-
-    # The keys that could vary, in the order the spec names them; those that do vary.
-    candidates = [key for axis in axes for key in axis.keys]
-    candidates += [key for entry in spec.include for key in entry]
-    candidates = list(dict.fromkeys(candidates))
-    varying_keys = [key for key in candidates
-                    if len({_hashable(values[key]) for values in as_dicts}) > 1]
-    varying = [{key: values[key] for key in varying_keys} for values in as_dicts]
-    names = _unique_names([_trial_name(spec.name, values) for values in varying], ids)
-    return [TrialPoint(tid, name, config, values)
-            for tid, name, config, values in zip(ids, names, configs, varying)]
-
-
-def _trial_name(sweep_name: str, varying: dict[str, Any]) -> str:
-    """sin-sigma10-cifar10-seed0: strings bare, numbers after their key, bools as key or
-    no-key, null as key-default; the sweep name when nothing varies (a single trial)."""
-    parts = []
-    for key, value in varying.items():
-        if isinstance(value, bool):
-            parts.append(key if value else f"no-{key}")
-        elif value is None:
-            parts.append(f"{key}-default")
-        elif isinstance(value, int):
-            parts.append(f"{key}{value}")
-        elif isinstance(value, float):
-            parts.append(f"{key}{value:g}")
-        else:
-            # Names become folder and run names: keep them to safe characters (paths in
-            # data_file would otherwise bring '/').
-            parts.append(_UNSAFE_NAME_CHARS.sub("_", str(value)).strip("_") or key)
-    return "-".join(parts) or sweep_name
-
-
-def _unique_names(names: list[str], ids: list[str]) -> list[str]:
-    """Append the first 6 id characters to every name that clashes (e.g. sigma0.1234561 and
-    sigma0.1234562 both print as sigma0.123456); ids are unique, so the full id settles
-    any clash left."""
-    counts = collections.Counter(names)
-    unique = [f"{name}-{tid[:6]}" if counts[name] > 1 else name for name, tid in zip(names, ids)]
-    if len(set(unique)) < len(unique):
-        unique = [f"{name}-{tid}" if counts[name] > 1 else name for name, tid in zip(names, ids)]
-    return unique
-
-
-# --- output and settings ----------------------------------------------------------------
-
-def format_trial_table(trials: list[TrialPoint]) -> str:
-    """An aligned plain-text table (trial id, name, one column per varying key) and a count
-    line: what ``xmem sweep SPEC --dry-run`` prints."""
-    keys = list(dict.fromkeys(key for trial in trials for key in trial.varying))
-    header = ["trial_id", "name", *keys]
-    rows = [[trial.trial_id, trial.name,
-             *(_format_value(trial.varying[k]) if k in trial.varying else "" for k in keys)]
-            for trial in trials]
-    return format_table(header, rows) + "\n" + _count(len(trials), "trial")
-
-
-class Setting(NamedTuple):
-    """A resolved setting and where it came from: "flag", "environment", "spec" or
-    "default" (printed so that a user knows which one to change)."""
-
-    value: Any
-    source: str
-
-
-def resolve_setting(flag: Any, env_var_name: str | None, spec_value: Any, default: Any,
-                    environ: Mapping[str, str] = os.environ) -> Setting:
-    """The command-line flag, else the environment variable, else the spec, else the default.
-
-    The most specific, most recent choice wins: a flag is typed for this one run, the
-    environment (RAY_ADDRESS, MLFLOW_TRACKING_URI) is set for a shell or a cluster, the spec
-    is shared across machines. None means "not given"; so does an empty environment
-    variable, the usual way to unset one (``MLFLOW_TRACKING_URI= xmem sweep ...``).
-    """
-    if flag is not None:
-        return Setting(flag, "flag")
-    if env_var_name and environ.get(env_var_name):
-        return Setting(environ[env_var_name], "environment")
-    if spec_value is not None:
-        return Setting(spec_value, "spec")
-    return Setting(default, "default")
-
-
 # --- small helpers ----------------------------------------------------------------------
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality for spec values: 1 equals 1.0, but True does not equal 1."""
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
-
-
-def _hashable(value: Any) -> Any:
-    # Booleans apart from ints, so that a key holding True and 1 counts as varying.
-    return (type(value) is bool, value)
-
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _format_value(value: Any) -> str:
-    """A value as YAML would show it: null, true, 0.001."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _describe(value: Any) -> str:
@@ -655,12 +447,3 @@ def _describe(value: Any) -> str:
 def _did_you_mean(key: Any, valid: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(str(key), valid, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
-    shown = "; ".join(items[:limit])
-    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")

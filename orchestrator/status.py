@@ -7,55 +7,50 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.results import epochs_done, open_tracking, trial_status
-from orchestrator.text_table import format_table
-from workers import metrics
+from orchestrator.text import METRIC_LABELS, format_metric, format_table
+from orchestrator.tracking.records import TrialRecord
+from orchestrator.tracking.server import open_tracking
+from workers import contract
+from workers.contract import TAG_ATTEMPTS, TAG_SPEC_PATH, TAG_STORAGE
 from workers.errors import XmemError
-from workers.run_tags import TAG_ATTEMPTS, TAG_SPEC_PATH, TAG_STORAGE
 
-STATUS_METRICS = (metrics.TRAIN_ACC, metrics.TEST_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD)
+STATUS_METRICS = (contract.TRAIN_ACC, contract.TEST_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD)
 
 
-def format_status(sweep: str, records: list) -> str:
+def format_status(sweep: str, records: list[TrialRecord]) -> str:
     """One line per trial (state, attempts, epochs done, last metrics), then the totals."""
-    header = ["trial", "state", "attempts", "epochs"] + [name for name in STATUS_METRICS]
+    header = ["trial", "state", "attempts", "epochs"] + [METRIC_LABELS[name] for name in STATUS_METRICS]
     rows = []
     for record in sorted(records, key=lambda r: r.name):
-        epochs = epochs_done(record)
+        epochs = record.epochs_done
         total = record.params.get("epochs")
-        rows.append([record.name, trial_status(record.tags, record.run_status),
-                     record.tags.get(TAG_ATTEMPTS, "0"),
+        rows.append([record.name, record.status, record.tags.get(TAG_ATTEMPTS, "0"),
                      f"{'-' if epochs is None else epochs}/{total}"]
-                    + [_metric(record.latest.get(name)) for name in STATUS_METRICS])
+                    + [format_metric(name, record.last_value(name)) for name in STATUS_METRICS])
     counts = collections.Counter(row[1] for row in rows)
     totals = f"{sweep}: {len(rows)} trial(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     return format_table(header, rows, rule=True) + "\n\n" + totals
 
 
-def _metric(latest: tuple[int, float] | None) -> str:
-    return "-" if latest is None else f"{latest[1]:.4g}"
-
-
 def sweep_status(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,
                  echo: Callable[[str], None] = print) -> None:
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.tracking.reader import SweepReader
 
     with open_tracking(tracking_uri, store, artifacts=False) as uri:
-        tracker = SweepTracker(uri, sweep)
-        tracker.open_existing()
-        echo(format_status(sweep, tracker.trial_records()))
+        reader = SweepReader(uri, sweep)
+        reader.open_existing()
+        echo(format_status(sweep, reader.trial_records()))
 
 
 def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,
                  address: str | None = None, restart_failed: bool = False,
                  echo: Callable[[str], None] = print, live: bool = False) -> None:
     """Rerun sweep ``sweep`` from the spec and storage its parent run recorded."""
-    from orchestrator.sweep import run_sweep
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.run import run_sweep
+    from orchestrator.tracking.reader import SweepReader
 
     with open_tracking(tracking_uri, store, artifacts=False) as uri:
-        tracker = SweepTracker(uri, sweep)
-        tags = tracker.parent_tags()
+        tags = SweepReader(uri, sweep).parent_tags()
     spec_path = tags.get(TAG_SPEC_PATH)
     storage = tags.get(TAG_STORAGE)
     if not spec_path or not Path(spec_path).is_file():
@@ -68,12 +63,12 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | No
 def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | None,
                           recorded: str | None) -> str:
     """The spec the sweep last ran, from its parent run's ``spec.yaml`` artifact."""
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.tracking.reader import SweepReader
 
     folder = Path(tempfile.mkdtemp(prefix=f"xmem-{sweep}-"))
     with open_tracking(tracking_uri, store, artifacts=True) as uri:
         try:
-            return SweepTracker(uri, sweep).download_spec(folder)
+            return SweepReader(uri, sweep).download_spec(folder)
         except XmemError as error:
             raise XmemError(f"sweep {sweep}: its spec file {recorded or '(not recorded)'} is gone and "
                             f"its parent run's spec.yaml cannot be read ({error}); run xmem sweep "

@@ -8,8 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from workers.errors import XmemError
 
@@ -26,6 +25,7 @@ logging.getLogger("ray._private.authentication.authentication_token_setup").setL
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from workers.contract import PAYLOAD_KEY, REPORT_EPOCH, REPORT_STATUS, STATUS_FAILED, STATUS_FINISHED, TrialPayload  # noqa: E402
 from workers.tune_trial import run_tune_trial  # noqa: E402
 
 
@@ -56,6 +56,11 @@ def disconnect() -> None:
     ray.shutdown()
 
 
+def _trial_id(trial: Any) -> str:
+    """The xmem trial id of a Tune trial (from the payload in its config)."""
+    return TrialPayload.of_tune_config(trial.config).trial_id
+
+
 class _ProgressCallback(tune.Callback):
     """Forwards Tune's trial events to xmem's display (which knows nothing about Ray)."""
 
@@ -63,21 +68,21 @@ class _ProgressCallback(tune.Callback):
         self.listener = listener
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.listener.trial_started(trial.config["xmem"]["trial_id"])
+        self.listener.trial_started(_trial_id(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.listener.trial_result(trial.config["xmem"]["trial_id"], result.get("epoch"),
-                                   result.get("xmem_status"))
+        self.listener.trial_result(_trial_id(trial), result.get(REPORT_EPOCH),
+                                   result.get(REPORT_STATUS))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.listener.trial_retrying(trial.config["xmem"]["trial_id"])
+        self.listener.trial_retrying(_trial_id(trial))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = (trial.last_result or {}).get("xmem_status") or "finished"
-        self.listener.trial_completed(trial.config["xmem"]["trial_id"], status)
+        status = (trial.last_result or {}).get(REPORT_STATUS) or STATUS_FINISHED
+        self.listener.trial_completed(_trial_id(trial), status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.listener.trial_completed(trial.config["xmem"]["trial_id"], "failed")
+        self.listener.trial_completed(_trial_id(trial), STATUS_FAILED)
 
     def on_step_end(self, iteration, trials, **info):
         self.listener.tick()
@@ -93,10 +98,10 @@ class TrialEvents:
     def tick(self) -> None: ...
 
 
-def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str, cpu: float,
+def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, cpu: float,
                gpu: float, max_concurrent: int | None, max_failures: int,
                events: TrialEvents, session: str) -> dict[str, str]:
-    """Run every trial payload (``workers.tune_trial.trial_payload``) as one Tune experiment.
+    """Run every trial payload as one Tune experiment.
 
     Each trial holds ``cpu`` CPUs and ``gpu`` GPUs (fractions pack trials on a GPU), is
     retried up to ``max_failures`` times from its latest checkpoint, and keeps its last two
@@ -107,17 +112,16 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
     Returns:
         trial id -> error text, for every trial that ended in error (after its retries).
     """
-    names = {p["trial_id"]: p["name"] for p in payloads}
+    names = {p.trial_id: p.name for p in payloads}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
-        param_space={"xmem": tune.grid_search(payloads)},
+        param_space={PAYLOAD_KEY: tune.grid_search([p.to_dict() for p in payloads])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # one worker process (and one torch import) per slot, not per trial
-            trial_name_creator=lambda t: names[t.config["xmem"]["trial_id"]],
-            trial_dirname_creator=lambda t: (f'{names[t.config["xmem"]["trial_id"]]}-'
-                                             f'{t.config["xmem"]["trial_id"]}-{session}'),
+            trial_name_creator=lambda t: names[_trial_id(t)],
+            trial_dirname_creator=lambda t: f"{names[_trial_id(t)]}-{_trial_id(t)}-{session}",
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
@@ -129,5 +133,5 @@ def run_trials(sweep_name: str, payloads: list[dict[str, Any]], *, storage: str,
         ),
     )
     results = tuner.fit()
-    return {result.config["xmem"]["trial_id"]: str(result.error)
+    return {TrialPayload.of_tune_config(result.config).trial_id: str(result.error)
             for result in results if result.error is not None}

@@ -10,9 +10,9 @@ def mlflow_server(tmp_path_factory):
     """A running local tracking server (SQLite store, served artifacts) in a temp folder.
 
     Started once per session (about 10 s); tests keep apart by using unique experiment
-    names. Yields ``orchestrator.tracking.LocalTrackingServer``.
+    names. Yields ``orchestrator.tracking.server.LocalTrackingServer``.
     """
-    from orchestrator.tracking import start_local_server
+    from orchestrator.tracking.server import start_local_server
 
     server = start_local_server(tmp_path_factory.mktemp("mlflow"))
     try:
@@ -79,10 +79,10 @@ max_failures: 0
 def finished_sweep(tmp_path_factory, ray_cluster, mlflow_server):
     """One small real sweep, run once per session on ``ray_cluster`` and tracked in
     ``mlflow_server``, for the tests that read sweeps back (export, report). Yields the
-    ``orchestrator.sweep.SweepOutcome``; the sweep's name is ``outcome.spec.name``."""
+    ``orchestrator.run.SweepOutcome``; the sweep's name is ``outcome.spec.name``."""
     import uuid
 
-    from orchestrator.sweep import run_sweep
+    from orchestrator.run import run_sweep
 
     folder = tmp_path_factory.mktemp("finished-sweep")
     spec = folder / "finished.yaml"

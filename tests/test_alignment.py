@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from workers import metrics
+from workers import contract
 from workers.alignment import (gradient_alignment, mean_over_classes, omega_from_gram,
                                representation_alignment)
 from workers.alignment_reference import omega_of_vectors, per_example_alignment
@@ -42,7 +42,7 @@ def test_mlp_alignment_matches_per_example_loop(activation, loss):
     config, net, x, y = _problem("mlp", activation, loss, 0.5, (1, 3, 3))
     fast = gradient_alignment(net, x, y, 3, config.loss, config.temperature)
     slow = per_example_alignment(net, x, y, 3, config.loss, config.temperature)
-    assert set(fast) == {metrics.ALIGN_REP, metrics.ALIGN_GRAD_LOGITS, metrics.ALIGN_GRAD,
+    assert set(fast) == {contract.ALIGN_REP, contract.ALIGN_GRAD_LOGITS, contract.ALIGN_GRAD,
                          "align/grad_hidden", "align/grad_top"}
     assert set(fast) == set(slow)
     for name in fast:
@@ -98,6 +98,6 @@ def test_hinge_loss_fully_satisfied_gives_missing_gradient_alignment():
         net.hidden.weight[:3, :3] = torch.eye(3, dtype=torch.float64)
         net.top.weight[:, :3] = 100 * torch.eye(3, dtype=torch.float64)
     fast = gradient_alignment(net, x, y, 3, "hinge", 1.0)
-    assert torch.isnan(fast[metrics.ALIGN_GRAD]).all()
-    assert mean_over_classes(fast[metrics.ALIGN_GRAD]) is None
-    assert mean_over_classes(fast[metrics.ALIGN_REP]) is not None
+    assert torch.isnan(fast[contract.ALIGN_GRAD]).all()
+    assert mean_over_classes(fast[contract.ALIGN_GRAD]) is None
+    assert mean_over_classes(fast[contract.ALIGN_REP]) is not None

@@ -1,5 +1,6 @@
-"""Import boundaries: one module on each side knows Ray; the engine runs without Ray or MLflow;
-imports go orchestrator -> workers, never back."""
+"""Import boundaries: one module on each side knows Ray, the tracking adapters alone know MLflow;
+the engine runs without Ray or MLflow; imports go orchestrator -> workers, never back; and no
+two of the project's modules import each other, directly or around a loop."""
 
 from __future__ import annotations
 
@@ -9,16 +10,40 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("workers", "orchestrator")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_modules() -> dict[str, Path]:
+    return {_module_name(path): path for package in PACKAGES
+            for path in sorted((REPO / package).rglob("*.py"))}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports, at any depth (functions too), except
+    imports under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(node) for block in ast.walk(tree)
+               if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+               for statement in block.body for node in ast.walk(statement)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
 
 
 def _imported_roots(path: Path) -> set[str]:
-    roots = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+    return {name.split(".")[0] for name in _imports(path)}
 
 
 def _modules_importing(root: str) -> list[str]:
@@ -26,23 +51,80 @@ def _modules_importing(root: str) -> list[str]:
                   for path in (REPO / folder).rglob("*.py") if root in _imported_roots(path))
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (``from a import b`` counts as an
+    import of ``a.b`` when that is a module, else of ``a``)."""
+    modules = _project_modules()
+    return {name: {imported for imported in _imports(path) if imported in modules} - {name}
+            for name, path in modules.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
 def test_only_the_tune_runner_and_the_trial_adapter_import_ray():
     assert _modules_importing("ray") == ["orchestrator/tune_runner.py", "workers/tune_trial.py"]
 
 
-def test_only_the_two_tracking_adapters_import_mlflow():
-    assert _modules_importing("mlflow") == ["orchestrator/tracking.py", "workers/mlflow_log.py"]
+def test_only_the_tracking_adapters_import_mlflow():
+    assert _modules_importing("mlflow") == ["orchestrator/tracking/reader.py",
+                                            "orchestrator/tracking/writer.py",
+                                            "workers/mlflow_log.py"]
 
 
 def test_workers_never_import_the_orchestrator():
     assert [m for m in _modules_importing("orchestrator") if m.startswith("workers/")] == []
 
 
+def test_no_import_cycles_between_the_project_modules():
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_cycle_check_finds_a_planted_cycle():
+    graph = import_graph()
+    graph["workers.config"] = graph["workers.config"] | {"workers.yaml_io"}  # yaml_io -> config
+    assert ["workers.config", "workers.yaml_io"] in import_cycles(graph)
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+
+
 def test_training_a_trial_loads_neither_ray_nor_mlflow(tmp_path):
     """What the GPU machine (torch, no ray, no mlflow) runs: a whole trial in-process."""
     code = ("import sys\n"
             "from workers.config import TrialConfig\n"
-            "from workers.run_local import run_trial\n"
+            "from workers.local import run_trial\n"
             "run_trial(TrialConfig.from_mapping({'epochs': 1, 'hidden': 8, 'data_dir': sys.argv[1]}),"
             " echo=lambda line: None)\n"
             "loaded = sorted(m for m in ('ray', 'mlflow', 'orchestrator') if m in sys.modules)\n"

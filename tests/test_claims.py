@@ -8,10 +8,10 @@ import itertools
 
 import pyarrow as pa
 
-from orchestrator import claims
-from orchestrator.claims import FAIL, NOT_TESTABLE, PASS, check_claims
-from orchestrator.results import summarize
-from workers import metrics
+from orchestrator.results import claims, grouping
+from orchestrator.results.claims import FAIL, NOT_TESTABLE, PASS, check_claims
+from orchestrator.results.grouping import summarize
+from workers import contract
 
 _ids = itertools.count()
 
@@ -28,8 +28,8 @@ def _trial(**values) -> dict:
 def _sin(sigma: float, seed: int = 0, *, train: float, best: float, final: float,
          grad: float, rep: float, **extra) -> dict:
     return _trial(sigma=sigma, seed=seed, **{
-        metrics.TRAIN_ACC: train, metrics.TEST_BEST_ACC: best, metrics.TEST_ACC: final,
-        metrics.ALIGN_GRAD: grad, metrics.ALIGN_REP: rep}, **extra)
+        contract.TRAIN_ACC: train, contract.TEST_BEST_ACC: best, contract.TEST_ACC: final,
+        contract.ALIGN_GRAD: grad, contract.ALIGN_REP: rep}, **extra)
 
 
 MEMORIZING_SIN = [
@@ -72,10 +72,10 @@ def test_sin_memorization_passes_claims_1_to_3_with_seed_means():
 
 
 def test_claim1_fails_when_large_sigma_still_generalizes_or_does_not_memorize():
-    still_generalizing = [dict(r, **{metrics.TEST_ACC: 0.30}) if r["sigma"] == 10.0 else r
+    still_generalizing = [dict(r, **{contract.TEST_ACC: 0.30}) if r["sigma"] == 10.0 else r
                           for r in MEMORIZING_SIN]
     assert _only(_verdicts(still_generalizing), "1").verdict == FAIL
-    not_memorizing = [dict(r, **{metrics.TRAIN_ACC: 0.7}) if r["sigma"] == 10.0 else r
+    not_memorizing = [dict(r, **{contract.TRAIN_ACC: 0.7}) if r["sigma"] == 10.0 else r
                       for r in MEMORIZING_SIN]
     assert _only(_verdicts(not_memorizing), "1").verdict == FAIL
 
@@ -106,14 +106,14 @@ def test_failed_trials_and_other_temperatures_do_not_count():
 
 
 def test_claim2_fails_when_alignment_does_not_fall():
-    rising = [dict(r, **{metrics.ALIGN_REP: r["sigma"] / 10}) for r in MEMORIZING_SIN]
+    rising = [dict(r, **{contract.ALIGN_REP: r["sigma"] / 10}) for r in MEMORIZING_SIN]
     two = _only(_verdicts(rising), "2")
     assert two.verdict == FAIL and "align/rep" in two.evidence
 
 
 def test_claims_are_checked_per_group_of_the_other_varying_keys():
     svhn = [dict(r, trial_id=f"svhn-{r['trial_id']}", dataset="svhn") for r in MEMORIZING_SIN]
-    svhn = [dict(r, **{metrics.TEST_ACC: 0.5}) if r["sigma"] == 10.0 else r for r in svhn]
+    svhn = [dict(r, **{contract.TEST_ACC: 0.5}) if r["sigma"] == 10.0 else r for r in svhn]
     found = _verdicts(MEMORIZING_SIN + svhn)
     ones = {c.scope: c.verdict for c in found["1"]}
     assert ones == {"dataset=cifar10": PASS, "dataset=svhn": FAIL}
@@ -122,14 +122,14 @@ def test_claims_are_checked_per_group_of_the_other_varying_keys():
 
 
 def test_claim3_fails_on_an_anticorrelation():
-    inverted = [dict(r, **{metrics.ALIGN_GRAD: 1 - r[metrics.ALIGN_GRAD]}) for r in MEMORIZING_SIN]
+    inverted = [dict(r, **{contract.ALIGN_GRAD: 1 - r[contract.ALIGN_GRAD]}) for r in MEMORIZING_SIN]
     assert _only(_verdicts(inverted), "3").verdict == FAIL
 
 
 def _relu(loss: str, sigma: float, best: float, **extra) -> dict:
     return _trial(activation="relu", loss=loss, sigma=sigma, **{
-        metrics.TRAIN_ACC: 1.0, metrics.TEST_BEST_ACC: best, metrics.TEST_ACC: best - 0.01,
-        metrics.ALIGN_GRAD: best / 2, metrics.ALIGN_REP: 0.3}, **extra)
+        contract.TRAIN_ACC: 1.0, contract.TEST_BEST_ACC: best, contract.TEST_ACC: best - 0.01,
+        contract.ALIGN_GRAD: best / 2, contract.ALIGN_REP: 0.3}, **extra)
 
 
 def test_relu_claims_4a_4b_4c():
@@ -155,10 +155,10 @@ def test_claim5_reads_alignment_at_epoch_0():
     def history(logits_at_10: float) -> list[dict]:
         rows = []
         for trial, logits in zip(relu_ce, (0.99, 0.7, logits_at_10)):
-            rows.append({"trial_id": trial["trial_id"], "epoch": 0, metrics.ALIGN_REP: 0.31,
-                         metrics.ALIGN_GRAD_LOGITS: logits})
-            rows.append({"trial_id": trial["trial_id"], "epoch": 5, metrics.ALIGN_REP: 0.9,
-                         metrics.ALIGN_GRAD_LOGITS: 0.1})
+            rows.append({"trial_id": trial["trial_id"], "epoch": 0, contract.ALIGN_REP: 0.31,
+                         contract.ALIGN_GRAD_LOGITS: logits})
+            rows.append({"trial_id": trial["trial_id"], "epoch": 5, contract.ALIGN_REP: 0.9,
+                         contract.ALIGN_GRAD_LOGITS: 0.1})
         return rows
 
     five = _only(_verdicts(relu_ce, history(0.55)), "5")
@@ -169,9 +169,9 @@ def test_claim5_reads_alignment_at_epoch_0():
 def test_claim6_needs_32x32x3_images_and_reads_epoch_0():
     sin = MEMORIZING_SIN
     history = [{"trial_id": t["trial_id"], "epoch": 0,
-                metrics.ALIGN_REP: 0.07 if t["sigma"] < 0.1 else 0.004} for t in sin]
+                contract.ALIGN_REP: 0.07 if t["sigma"] < 0.1 else 0.004} for t in sin]
     assert _only(_verdicts(sin, history), "6").verdict == PASS
-    correlated = [dict(h, **{metrics.ALIGN_REP: 0.2}) for h in history]
+    correlated = [dict(h, **{contract.ALIGN_REP: 0.2}) for h in history]
     assert _only(_verdicts(sin, correlated), "6").verdict == FAIL
     digits = [dict(t, dataset="digits") for t in sin]
     six = _only(_verdicts(digits, history), "6")
@@ -180,8 +180,8 @@ def test_claim6_needs_32x32x3_images_and_reads_epoch_0():
 
 def _condition(model: str, shuffled: bool, seed: int, best: float, final: float, rep: float) -> dict:
     return _trial(model=model, shuffle_labels=shuffled, seed=seed, sigma=None, activation="relu",
-                  **{metrics.TRAIN_ACC: 1.0, metrics.TEST_BEST_ACC: best, metrics.TEST_ACC: final,
-                     metrics.ALIGN_GRAD: rep / 2, metrics.ALIGN_REP: rep})
+                  **{contract.TRAIN_ACC: 1.0, contract.TEST_BEST_ACC: best, contract.TEST_ACC: final,
+                     contract.ALIGN_GRAD: rep / 2, contract.ALIGN_REP: rep})
 
 
 def test_claim7_architectures_and_shuffled_labels():
@@ -194,10 +194,10 @@ def test_claim7_architectures_and_shuffled_labels():
     assert [c.verdict for c in found["7b"]] == [PASS, PASS]   # mlp and convnet
     assert "ConvNet 70.0%" in found["7a"][0].evidence
 
-    worse_convnet = [dict(t, **{metrics.TEST_BEST_ACC: 0.3}) if t["model"] == "convnet" else t
+    worse_convnet = [dict(t, **{contract.TEST_BEST_ACC: 0.3}) if t["model"] == "convnet" else t
                      for t in trials]
     assert FAIL in [c.verdict for c in _verdicts(worse_convnet)["7a"]]
-    learning_shuffled = [dict(t, **{metrics.TEST_ACC: 0.3}) if t["shuffle_labels"] else t
+    learning_shuffled = [dict(t, **{contract.TEST_ACC: 0.3}) if t["shuffle_labels"] else t
                          for t in trials]
     assert FAIL in [c.verdict for c in _verdicts(learning_shuffled)["7b"]]
 
@@ -216,7 +216,15 @@ def test_claims_table_is_typed_strings():
     assert all(field.type == pa.string() for field in table.schema)
 
 
-def test_class_counts_agree_with_the_data_layer():
-    from workers.data.arrays import NUM_CLASSES
+def test_dataset_facts_agree_with_the_data_layer():
+    """The claims' chance levels and test-set sizes come from workers.datasets: its facts
+    must be what the loader produces (digits: the one dataset that ships offline)."""
+    from workers.data.sources import digits_arrays
+    from workers.datasets import FACTS
 
-    assert claims.NUM_CLASSES == NUM_CLASSES
+    digits = digits_arrays()
+    assert digits.num_classes == FACTS["digits"].num_classes
+    assert (len(digits.train_labels), len(digits.test_labels)) == (
+        FACTS["digits"].train_size, FACTS["digits"].test_size)
+    assert digits.test_images.shape[1:] == FACTS["digits"].image_shape
+    assert grouping.chance("cifar100") == 1 / 100

@@ -53,7 +53,7 @@ def test_report_out_in_proc_fails_before_reading_the_sweep(monkeypatch):
 
 
 def test_report_out_check_leaves_nothing_behind(tmp_path):
-    from orchestrator.report import check_out_dir
+    from orchestrator.results.report import check_out_dir
 
     check_out_dir(tmp_path / "a" / "b")
     assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import assert_user_error
 from orchestrator.cli import main
-from workers import metrics
+from workers import contract
 
 
 def _invoke(*args: str):
@@ -23,8 +23,8 @@ def test_trial_writes_one_json_object_per_evaluated_epoch(tmp_path):
                      "--out", str(out))
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line[metrics.EPOCH] for line in lines] == [0, 2, 4]
-    assert metrics.ALIGN_GRAD in lines[0] and metrics.TEST_ACC in lines[-1]
+    assert [line[contract.EPOCH] for line in lines] == [0, 2, 4]
+    assert contract.ALIGN_GRAD in lines[0] and contract.TEST_ACC in lines[-1]
     assert "epoch     4 |" in result.output and "status: finished" in result.output
 
 
@@ -89,9 +89,9 @@ def test_out_under_a_file_is_a_user_error(tmp_path):
 def test_out_that_cannot_be_opened_is_a_user_error(tmp_path, monkeypatch):
     """What the up-front check cannot see (/proc, read-only mounts as root) fails at the
     open, still as a user error."""
-    from workers import run_local
+    from workers import local
 
-    monkeypatch.setattr(run_local, "_check_writable", lambda path: None)
+    monkeypatch.setattr(local, "_check_writable", lambda path: None)
     out = tmp_path / "no-such-dir" / "m.jsonl"
     result = _invoke("trial", "--set", "epochs=0", "--set", "hidden=8", "--set", f"data_dir={tmp_path}",
                      "--out", str(out))

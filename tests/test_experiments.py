@@ -11,7 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.spec import expand_trials, load_spec
+from orchestrator.expand import expand_trials
+from orchestrator.spec import load_spec
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*.yaml"))

@@ -12,10 +12,12 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from conftest import assert_user_error
-from orchestrator import results
+from orchestrator import settings
+from orchestrator.results import tables
 from orchestrator.cli import main
-from orchestrator.tracking import TrialRecord, config_params
-from workers import metrics
+from orchestrator.tracking.params import config_params
+from orchestrator.tracking.records import TrialRecord
+from workers import contract
 from workers.config import TrialConfig
 
 EXPECTED_TYPES = {"sweep": pa.string(), "trial_id": pa.string(), "run_id": pa.string(),
@@ -54,10 +56,10 @@ def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlfl
     for column, expected in EXPECTED_TYPES.items():
         assert table.schema.field(column).type == expected, column
     metric_names = set().union(*(run.data.metrics for run in runs.values()))
-    assert {metrics.TRAIN_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD} <= metric_names
+    assert {contract.TRAIN_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD} <= metric_names
     for metric in metric_names:
         assert table.schema.field(metric).type == pa.float64(), metric
-    assert set(table.column_names) == (set(results.TRIAL_COLUMNS) | {"attempts", "epochs_done"}
+    assert set(table.column_names) == (set(tables.TRIAL_COLUMNS) | {"attempts", "epochs_done"}
                                        | set(TrialConfig.keys()) | metric_names)
 
     for row in table.to_pylist():
@@ -67,7 +69,7 @@ def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlfl
         assert row["name"] == run.info.run_name
         assert row["status"] == run.data.tags["xmem.status"] == "finished"
         assert row["attempts"] == int(run.data.tags["xmem.attempts"]) == 1
-        steps = [m.step for m in client.get_metric_history(row["run_id"], metrics.TRAIN_ACC)]
+        steps = [m.step for m in client.get_metric_history(row["run_id"], contract.TRAIN_ACC)]
         assert row["epochs_done"] == max(steps) == 20
         # Config values, typed: the params as the driver wrote them.
         assert config_params(TrialConfig.from_mapping(
@@ -146,12 +148,12 @@ def _record(name: str, config: TrialConfig, latest: dict[str, tuple[int, float]]
 
 def test_trials_table_types_every_config_key_and_leaves_missing_values_null():
     done = _record("a", TrialConfig(sigma=0.1, data_file="/d/t.parquet", train_size=100),
-                   {metrics.TRAIN_ACC: (20, 1.0), metrics.ALIGN_GRAD: (20, 0.25),
+                   {contract.TRAIN_ACC: (20, 1.0), contract.ALIGN_GRAD: (20, 0.25),
                     "align/grad_hidden": (20, 0.5), "custom/x": (3, 7.0)})
     scheduled = _record("b", TrialConfig(sigma=None), {}, status=None, attempts="0",
                         params={**config_params(TrialConfig()), "hidden": "not json",
                                 "old_key": "3"})
-    table = results.trials_table("s", [done, scheduled])
+    table = tables.trials_table("s", [done, scheduled])
     assert table.num_rows == 2
     for column, expected in EXPECTED_TYPES.items():
         assert table.schema.field(column).type == expected, column
@@ -163,35 +165,35 @@ def test_trials_table_types_every_config_key_and_leaves_missing_values_null():
     assert (first["status"], second["status"]) == ("finished", "scheduled")
     assert (first["attempts"], second["attempts"]) == (1, 0)
     assert (first["epochs_done"], second["epochs_done"]) == (20, None)
-    assert first[metrics.ALIGN_GRAD] == 0.25 and second[metrics.ALIGN_GRAD] is None
+    assert first[contract.ALIGN_GRAD] == 0.25 and second[contract.ALIGN_GRAD] is None
     # Metric columns: evaluation, then alignment (layers after align/grad), then the rest.
     names = table.column_names
-    assert names.index(metrics.TRAIN_ACC) < names.index(metrics.ALIGN_GRAD) \
+    assert names.index(contract.TRAIN_ACC) < names.index(contract.ALIGN_GRAD) \
         < names.index("align/grad_hidden") < names.index("custom/x")
 
 
 def test_history_table_has_a_row_per_evaluated_epoch_and_keeps_the_latest_of_a_step():
-    record = _record("a", TrialConfig(sigma=1.0), {metrics.TEST_ACC: (4, 0.5),
-                                                   metrics.ALIGN_GRAD: (4, 0.1)})
+    record = _record("a", TrialConfig(sigma=1.0), {contract.TEST_ACC: (4, 0.5),
+                                                   contract.ALIGN_GRAD: (4, 0.1)})
     empty = _record("b", TrialConfig(sigma=2.0), {})
     histories = {record.run_id: {
-        metrics.TEST_ACC: [(0, 100, 0.1), (2, 200, 0.3), (2, 300, 0.35), (4, 400, 0.5)],
-        metrics.ALIGN_GRAD: [(0, 100, 0.9), (4, 400, 0.1)]}}
-    table = results.history_table("s", [record, empty], histories)
+        contract.TEST_ACC: [(0, 100, 0.1), (2, 200, 0.3), (2, 300, 0.35), (4, 400, 0.5)],
+        contract.ALIGN_GRAD: [(0, 100, 0.9), (4, 400, 0.1)]}}
+    table = tables.history_table("s", [record, empty], histories)
     assert table.num_rows == 3          # epochs 0, 2, 4 of "a"; "b" logged nothing
     rows = table.to_pylist()
     assert [r["epoch"] for r in rows] == [0, 2, 4]
-    assert [r[metrics.TEST_ACC] for r in rows] == [0.1, 0.35, 0.5]   # step 2 re-logged later
-    assert [r[metrics.ALIGN_GRAD] for r in rows] == [0.9, None, 0.1]
+    assert [r[contract.TEST_ACC] for r in rows] == [0.1, 0.35, 0.5]   # step 2 re-logged later
+    assert [r[contract.ALIGN_GRAD] for r in rows] == [0.9, None, 0.1]
     assert all(r["sigma"] == 1.0 and r["run_id"] == "run-a" for r in rows)
 
 
 def test_tracking_uri_precedence_flag_then_environment_then_store(tmp_path):
-    assert results.tracking_uri_for("http://flag", str(tmp_path), {"MLFLOW_TRACKING_URI": "http://env"}) \
+    assert settings.tracking_uri_for("http://flag", str(tmp_path), {"MLFLOW_TRACKING_URI": "http://env"}) \
         == ("http://flag", None)
-    assert results.tracking_uri_for(None, str(tmp_path), {"MLFLOW_TRACKING_URI": "http://env"}) \
+    assert settings.tracking_uri_for(None, str(tmp_path), {"MLFLOW_TRACKING_URI": "http://env"}) \
         == ("http://env", None)
-    assert results.tracking_uri_for(None, str(tmp_path), {"MLFLOW_TRACKING_URI": ""}) \
+    assert settings.tracking_uri_for(None, str(tmp_path), {"MLFLOW_TRACKING_URI": ""}) \
         == (None, tmp_path.resolve())
-    uri, root = results.tracking_uri_for(None, None, {})
+    uri, root = settings.tracking_uri_for(None, None, {})
     assert uri is None and root.parts[-2:] == ("xmem-runs", "mlflow")

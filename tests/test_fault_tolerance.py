@@ -19,10 +19,11 @@ from mlflow import MlflowClient
 
 from conftest import assert_user_error
 from orchestrator.cli import main
-from orchestrator.spec import expand_trials, load_spec
-from orchestrator.sweep import run_sweep
-from orchestrator.tracking import start_local_server
-from workers import metrics
+from orchestrator.expand import expand_trials
+from orchestrator.spec import load_spec
+from orchestrator.run import run_sweep
+from orchestrator.tracking.server import start_local_server
+from workers import contract
 from workers.trial import Trial
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def _runs(uri: str, name: str) -> dict[str, object]:
             if "xmem.trial_id" in r.data.tags}
 
 
-def _steps(uri: str, run_id: str, key: str = metrics.TRAIN_LOSS) -> list[int]:
+def _steps(uri: str, run_id: str, key: str = contract.TRAIN_LOSS) -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
@@ -125,9 +126,9 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_matches_an_uninterrupt
     assert int(run.data.tags["xmem.pid"]) != killed["pid"]
     reference = _reference_metrics(spec, killed["trial_id"])
     client = MlflowClient(mlflow_server.uri)
-    for key in (metrics.TRAIN_LOSS, metrics.TEST_ACC, metrics.ALIGN_GRAD, metrics.DYN_WEIGHT_CHANGE_HIDDEN):
+    for key in (contract.TRAIN_LOSS, contract.TEST_ACC, contract.ALIGN_GRAD, contract.DYN_WEIGHT_CHANGE_HIDDEN):
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        expected = [(r[metrics.EPOCH], r[key]) for r in reference if key in r]
+        expected = [(r[contract.EPOCH], r[key]) for r in reference if key in r]
         assert [m.step for m in history] == [step for step, _ in expected]   # one value per step
         assert [m.value for m in history] == pytest.approx([v for _, v in expected], rel=1e-6)
 
@@ -221,7 +222,7 @@ def test_tracking_server_outage_mid_trial_loses_no_step(tmp_path, ray_cluster):
         (run,) = _runs(server.uri, name).values()
         assert run.info.status == "FINISHED" and run.data.tags["xmem.status"] == "finished"
         assert run.data.tags["xmem.attempts"] == "1"          # rode out the outage, no retry
-        for key in (metrics.TRAIN_LOSS, metrics.TEST_ACC):
+        for key in (contract.TRAIN_LOSS, contract.TEST_ACC):
             assert _steps(server.uri, run.info.run_id, key) == list(range(61))
     finally:
         server.stop()

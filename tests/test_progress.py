@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.progress import SweepProgress, format_results_table
-from workers import metrics
+from workers import contract
 
 
 class FakeClock:
@@ -52,8 +52,8 @@ def test_a_retried_trial_goes_back_to_pending():
 
 def test_results_table_has_a_row_per_trial_with_percentages_and_missing_values():
     table = format_results_table(
-        [{"name": "sigma10-seed0", "sigma": 10.0, "status": "finished", metrics.TRAIN_ACC: 1.0,
-          metrics.TEST_BEST_ACC: 0.114, metrics.ALIGN_GRAD: 0.0004},
+        [{"name": "sigma10-seed0", "sigma": 10.0, "status": "finished", contract.TRAIN_ACC: 1.0,
+          contract.TEST_BEST_ACC: 0.114, contract.ALIGN_GRAD: 0.0004},
          {"name": "sigma1-seed0", "sigma": 1.0, "status": "failed"}],
         ["sigma"])
     lines = table.splitlines()
@@ -64,7 +64,7 @@ def test_results_table_has_a_row_per_trial_with_percentages_and_missing_values()
 
 def test_status_lists_state_attempts_epochs_and_totals():
     from orchestrator.status import format_status
-    from orchestrator.tracking import TrialRecord
+    from orchestrator.tracking.records import TrialRecord
 
     def record(name, status, tags, latest):
         return TrialRecord(run_id=name, name=name, trial_id=name, run_status=status, tags=tags,
@@ -72,7 +72,7 @@ def test_status_lists_state_attempts_epochs_and_totals():
 
     text = format_status("sw", [
         record("sigma1", "FINISHED", {"xmem.status": "finished", "xmem.attempts": "2"},
-               {metrics.TRAIN_LOSS: (30, 0.01), metrics.TRAIN_ACC: (30, 1.0)}),
+               {contract.TRAIN_LOSS: (30, 0.01), contract.TRAIN_ACC: (30, 1.0)}),
         record("sigma10", "SCHEDULED", {}, {})])
     lines = text.splitlines()
     assert lines[2].split()[:4] == ["sigma1", "finished", "2", "30/30"]

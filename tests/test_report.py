@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from orchestrator import claims, figures, results
+from orchestrator.results import claims, figures, grouping
 from orchestrator.cli import main
-from workers import metrics
+from workers import contract
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIN_FIGURES = {"fig1_test_acc_over_epochs.png", "fig2_accuracy_vs_sigma.png",
@@ -53,7 +53,7 @@ def test_report_writes_figures_html_and_claims_and_logs_them_to_the_parent_run(
     assert verdicts["6"]["verdict"] == claims.NOT_TESTABLE and "digits" in verdicts["6"]["evidence"]
     # Seeds aggregated: two per sigma, and claim 1's numbers are the table's means.
     trials = pq.read_table(exported).to_pylist()
-    best_small = sum(r[metrics.TEST_BEST_ACC] for r in trials if r["sigma"] == 0.01) / 2
+    best_small = sum(r[contract.TEST_BEST_ACC] for r in trials if r["sigma"] == 0.01) / 2
     assert f"σ=0.01 {best_small:.1%} ± " in verdicts["1"]["evidence"]
     assert "(n=2)" in verdicts["1"]["evidence"]
 
@@ -92,24 +92,24 @@ def _trial(**values) -> dict:
     row = {"status": "finished", "trial_id": f"t{len(values)}-{id(values)}", "run_id": "r",
            "name": "n", "dataset": "cifar10", "model": "mlp", "activation": "relu",
            "loss": "cross_entropy", "temperature": 1.0, "shuffle_labels": False, "seed": 0,
-           "sigma": None, "lr": 0.01, "test_size": 1000, metrics.TRAIN_ACC: 1.0,
-           metrics.TEST_ACC: 0.4, metrics.TEST_BEST_ACC: 0.45, metrics.ALIGN_GRAD: 0.1,
-           metrics.ALIGN_REP: 0.3}
+           "sigma": None, "lr": 0.01, "test_size": 1000, contract.TRAIN_ACC: 1.0,
+           contract.TEST_ACC: 0.4, contract.TEST_BEST_ACC: 0.45, contract.ALIGN_GRAD: 0.1,
+           contract.ALIGN_REP: 0.3}
     row.update(values)
     return row
 
 
 def _history(trials: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{"trial_id": t["trial_id"], "epoch": e,
-                                  metrics.TEST_ACC: t[metrics.TEST_ACC] * e / 4,
-                                  metrics.ALIGN_GRAD: t[metrics.ALIGN_GRAD] if e % 2 == 0 else None,
-                                  metrics.ALIGN_REP: t[metrics.ALIGN_REP]}
+                                  contract.TEST_ACC: t[contract.TEST_ACC] * e / 4,
+                                  contract.ALIGN_GRAD: t[contract.ALIGN_GRAD] if e % 2 == 0 else None,
+                                  contract.ALIGN_REP: t[contract.ALIGN_REP]}
                                  for t in trials for e in range(5)])
 
 
 def test_architecture_sweep_gets_the_condition_figure(tmp_path):
     trials = [_trial(trial_id=f"{model}-{shuffled}-{seed}", model=model, shuffle_labels=shuffled,
-                     seed=seed, **{metrics.TEST_BEST_ACC: 0.3 + 0.1 * (model == "convnet")})
+                     seed=seed, **{contract.TEST_BEST_ACC: 0.3 + 0.1 * (model == "convnet")})
               for model in ("mlp", "convnet") for shuffled in (False, True) for seed in (0, 1)]
     drawn = figures.draw_figures(pa.Table.from_pylist(trials), _history(trials), tmp_path)
     names = {f.path.name for f in drawn}
@@ -124,8 +124,8 @@ def test_linked_temperature_labels_sigma_instead_of_splitting_panels(tmp_path):
     trials = [_trial(trial_id=f"s{sigma}", sigma=sigma, temperature=sigma / 0.01)
               for sigma in (0.01, 0.1, 1.0)]
     rows = pa.Table.from_pylist(trials).to_pylist()
-    assert results.sigma_linked_keys(rows) == ["temperature"]
-    assert results.panel_keys(rows) == []
+    assert grouping.sigma_linked_keys(rows) == ["temperature"]
+    assert grouping.panel_keys(rows) == []
     drawn = figures.draw_figures(pa.Table.from_pylist(trials), _history(trials), tmp_path)
     assert {f.path.name for f in drawn} >= {"fig1_test_acc_over_epochs.png", "fig2_accuracy_vs_sigma.png"}
 

@@ -7,10 +7,9 @@ import json
 import pytest
 
 from orchestrator.checkpoints import latest_checkpoints
-from orchestrator.resume import Action, TrialState, decide
-from orchestrator.spec import TrialPoint, trial_id
-from orchestrator.tracking import TrialRecord
-from orchestrator.sweep import plan_sweep
+from orchestrator.expand import TrialPoint, trial_id
+from orchestrator.plan import Action, TrialState, decide, plan_sweep
+from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
 
 
@@ -77,7 +76,7 @@ def test_latest_checkpoint_is_the_highest_epoch_across_sessions(tmp_path):
 
 
 def test_worker_config_makes_relative_paths_absolute_and_leaves_home_paths_to_the_worker(tmp_path, monkeypatch):
-    from orchestrator.sweep import worker_config
+    from orchestrator.run import worker_config
 
     monkeypatch.chdir(tmp_path)
     config = TrialConfig.from_mapping({"data_dir": "data", "data_file": "tables/c.parquet"})

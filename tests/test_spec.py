@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import (
-    Resources,
-    SweepSpec,
-    TrialPoint,
-    expand_trials,
-    format_trial_table,
-    load_spec,
-    resolve_setting,
-    trial_id,
-)
+from orchestrator.expand import Axis, TrialPoint, expand_trials, trial_id
+from orchestrator.progress import format_trial_table
+from orchestrator.settings import resolve_setting
+from orchestrator.spec import Resources, SweepSpec, load_spec
 from workers.config import TrialConfig
 from workers.errors import ConfigError
 
@@ -458,8 +452,10 @@ def test_several_problems_are_reported_together(tmp_path):
 
 
 def test_expand_trials_rejects_a_hand_built_spec_with_bad_values():
-    with pytest.raises(ConfigError, match=r"grid\.sigma\[0\]"):
-        expand_trials(SweepSpec(name="h", grid={"sigma": [-1.0]}))
+    # A SweepSpec holds parsed axes (load_spec checks them); one built by hand with a bad
+    # value still fails, naming the grid point and the key.
+    with pytest.raises(ConfigError, match=r"grid point sigma=-1(.|\n)*'sigma' must be > 0"):
+        expand_trials(SweepSpec(name="h", axes=(Axis(("sigma",), ((-1.0,),)),)))
 
 
 # --- table and settings -----------------------------------------------------------------

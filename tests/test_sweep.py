@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 
 from conftest import assert_user_error
 from orchestrator.cli import main
-from orchestrator.sweep import run_sweep
-from workers import metrics
+from orchestrator.run import run_sweep
+from workers import contract
 from workers.config import TrialConfig
 
 pytestmark = pytest.mark.slow
@@ -82,16 +82,16 @@ max_failures: 0
         assert run.data.tags["xmem.device"] == "cpu"
         assert run.data.tags["xmem.ray_node_id"]
         assert run.data.tags["xmem.attempts"] == "1"
-        history = client.get_metric_history(run.info.run_id, metrics.TRAIN_ACC)
+        history = client.get_metric_history(run.info.run_id, contract.TRAIN_ACC)
         assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]   # one value per step
-        aligned = client.get_metric_history(run.info.run_id, metrics.ALIGN_GRAD)
+        aligned = client.get_metric_history(run.info.run_id, contract.ALIGN_GRAD)
         assert sorted(m.step for m in aligned) == [0, 2, 4]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "history.parquet", "alignment.parquet", "weights.pt"} <= artifacts
         table = pq.read_table(client.download_artifacts(run.info.run_id, "history.parquet", str(tmp_path)))
         assert table.column("epoch").to_pylist() == [0, 1, 2, 3, 4]
-        final = table.column(metrics.TRAIN_ACC).to_pylist()[-1]
-        assert math.isclose(final, run.data.metrics[metrics.TRAIN_ACC])
+        final = table.column(contract.TRAIN_ACC).to_pylist()[-1]
+        assert math.isclose(final, run.data.metrics[contract.TRAIN_ACC])
 
     statuses = {row["name"]: row["status"] for row in outcome.rows}
     assert sorted(statuses.values()) == ["failed", "finished", "finished"]

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.spec import load_spec
-from orchestrator.sweep import resolve_settings
+from orchestrator.settings import resolve_settings
 
 SPEC = """name: {name}
 defaults: {{dataset: digits, hidden: 8, epochs: 1, train_size: 100, test_size: 50, probe_per_class: 2}}

@@ -17,9 +17,10 @@ import torch
 import yaml
 
 import workers
-from orchestrator import tracking
-from orchestrator.tracking import SweepTracker, config_params, start_local_server
-from workers import metrics, mlflow_log
+from orchestrator.tracking.params import config_params
+from orchestrator.tracking.server import start_local_server
+from orchestrator.tracking.writer import SweepTracker
+from workers import contract, mlflow_log
 from workers.config import TrialConfig
 from workers.errors import XmemError
 from workers.mlflow_log import TrialRunLogger
@@ -48,11 +49,11 @@ def _records() -> list[EpochRecord]:
     """Epochs 0..2; alignment (means and per-class) on epochs 0 and 2 only."""
     records = []
     for epoch in range(3):
-        values = {metrics.TRAIN_LOSS: 2.0 - 0.5 * epoch, metrics.TEST_ACC: 0.1 * (epoch + 1)}
+        values = {contract.TRAIN_LOSS: 2.0 - 0.5 * epoch, contract.TEST_ACC: 0.1 * (epoch + 1)}
         per_class = {}
         if epoch != 1:
-            values[metrics.ALIGN_GRAD] = 0.25 + epoch
-            per_class = {metrics.ALIGN_GRAD: [0.5 + epoch, None, 0.75]}
+            values[contract.ALIGN_GRAD] = 0.25 + epoch
+            per_class = {contract.ALIGN_GRAD: [0.5 + epoch, None, 0.75]}
         records.append(EpochRecord(epoch, values, per_class))
     return records
 
@@ -84,7 +85,7 @@ def test_experiment_is_created_once_and_reused(mlflow_server, client):
     again = SweepTracker(mlflow_server.uri, name).ensure_experiment("Sin, sigma sweep")
     assert first == again
     assert len(client.search_experiments(filter_string=f"name = '{name}'")) == 1
-    assert client.get_experiment(first).tags[tracking.TAG_NOTE] == "Sin, sigma sweep"
+    assert client.get_experiment(first).tags[contract.TAG_NOTE] == "Sin, sigma sweep"
 
 
 def test_deleted_experiment_is_a_clear_error(mlflow_server, client):
@@ -108,9 +109,9 @@ def test_parent_run_is_reused_and_set_running_again(mlflow_server, client, tmp_p
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING"
     assert run.info.run_name == name
-    assert run.data.tags[tracking.TAG_SWEEP] == name
-    assert run.data.tags[tracking.TAG_ROLE] == "parent"
-    assert run.data.tags[tracking.TAG_TRIAL_COUNT] == "3"
+    assert run.data.tags[contract.TAG_SWEEP] == name
+    assert run.data.tags[contract.TAG_ROLE] == "parent"
+    assert run.data.tags[contract.TAG_TRIAL_COUNT] == "3"
     runs = client.search_runs([rerun.ensure_experiment()])
     assert [r.info.run_id for r in runs] == [run_id]
     spec_file = client.download_artifacts(run_id, "spec.yaml", str(tmp_path))
@@ -193,15 +194,15 @@ def test_logger_logs_one_value_per_step(mlflow_server, client, trial_run):
     logger.start({"xmem.device": "cpu", "xmem.ray_node_id": "node-1"})
     for record in _records():
         logger.log_record(record)
-    assert client.get_metric_history(run_id, metrics.TRAIN_LOSS) == []  # queued, not sent
+    assert client.get_metric_history(run_id, contract.TRAIN_LOSS) == []  # queued, not sent
     logger.flush()
 
     assert logger.pending == []
-    assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
-    assert _history(client, run_id, metrics.TEST_ACC) == [(0, pytest.approx(0.1)),
+    assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
+    assert _history(client, run_id, contract.TEST_ACC) == [(0, pytest.approx(0.1)),
                                                           (1, pytest.approx(0.2)),
                                                           (2, pytest.approx(0.3))]
-    assert _history(client, run_id, metrics.ALIGN_GRAD) == [(0, 0.25), (2, 2.25)]
+    assert _history(client, run_id, contract.ALIGN_GRAD) == [(0, 0.25), (2, 2.25)]
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING"
     assert run.data.tags["xmem.device"] == "cpu"
@@ -254,7 +255,7 @@ def test_restarted_worker_continues_the_same_run(mlflow_server, client, trial_ru
 
     assert second.attempt == 2
     assert client.get_run(run_id).data.tags["xmem.attempts"] == "2"
-    assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
+    assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
 
 
 def test_replayed_steps_are_not_logged_twice_and_unsent_restored_steps_are_sent(
@@ -278,7 +279,7 @@ def test_replayed_steps_are_not_logged_twice_and_unsent_restored_steps_are_sent(
     assert {m.step for m in second.pending} == {2}   # restored, unsent: queued again
     second.log_record(records[1])                    # a replayed, already logged step
     second.finish("finished")
-    assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
+    assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
 
 
 def test_only_transient_server_errors_are_waited_out():
@@ -309,19 +310,19 @@ def test_final_artifacts_hold_config_history_alignment_and_weights(
     assert yaml.safe_load((local / "config.yaml").read_text()) == config.to_dict()
     history = pq.read_table(local / "history.parquet").to_pylist()
     assert history == [
-        {"epoch": 0, metrics.TRAIN_LOSS: 2.0, metrics.TEST_ACC: 0.1, metrics.ALIGN_GRAD: 0.25},
-        {"epoch": 1, metrics.TRAIN_LOSS: 1.5, metrics.TEST_ACC: 0.2, metrics.ALIGN_GRAD: None},
-        {"epoch": 2, metrics.TRAIN_LOSS: 1.0, metrics.TEST_ACC: pytest.approx(0.3),
-         metrics.ALIGN_GRAD: 2.25},
+        {"epoch": 0, contract.TRAIN_LOSS: 2.0, contract.TEST_ACC: 0.1, contract.ALIGN_GRAD: 0.25},
+        {"epoch": 1, contract.TRAIN_LOSS: 1.5, contract.TEST_ACC: 0.2, contract.ALIGN_GRAD: None},
+        {"epoch": 2, contract.TRAIN_LOSS: 1.0, contract.TEST_ACC: pytest.approx(0.3),
+         contract.ALIGN_GRAD: 2.25},
     ]
     alignment = pq.read_table(local / "alignment.parquet").to_pylist()
     assert alignment == [
-        {"epoch": 0, "metric": metrics.ALIGN_GRAD, "class": 0, "omega": 0.5},
-        {"epoch": 0, "metric": metrics.ALIGN_GRAD, "class": 1, "omega": None},
-        {"epoch": 0, "metric": metrics.ALIGN_GRAD, "class": 2, "omega": 0.75},
-        {"epoch": 2, "metric": metrics.ALIGN_GRAD, "class": 0, "omega": 2.5},
-        {"epoch": 2, "metric": metrics.ALIGN_GRAD, "class": 1, "omega": None},
-        {"epoch": 2, "metric": metrics.ALIGN_GRAD, "class": 2, "omega": 0.75},
+        {"epoch": 0, "metric": contract.ALIGN_GRAD, "class": 0, "omega": 0.5},
+        {"epoch": 0, "metric": contract.ALIGN_GRAD, "class": 1, "omega": None},
+        {"epoch": 0, "metric": contract.ALIGN_GRAD, "class": 2, "omega": 0.75},
+        {"epoch": 2, "metric": contract.ALIGN_GRAD, "class": 0, "omega": 2.5},
+        {"epoch": 2, "metric": contract.ALIGN_GRAD, "class": 1, "omega": None},
+        {"epoch": 2, "metric": contract.ALIGN_GRAD, "class": 2, "omega": 0.75},
     ]
     loaded = torch.load(local / "weights.pt")
     assert torch.equal(loaded["hidden.weight"], weights["hidden.weight"])
@@ -338,7 +339,7 @@ def test_finish_flushes_and_ends_the_run_finished(mlflow_server, client, trial_r
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["xmem.status"] == status
-    assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0)]
+    assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0)]
 
 
 def test_fail_ends_the_run_failed_with_the_error_text(mlflow_server, client, trial_run, tmp_path):
@@ -351,7 +352,7 @@ def test_fail_ends_the_run_failed_with_the_error_text(mlflow_server, client, tri
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["xmem.status"] == "failed"
-    assert _history(client, run_id, metrics.TRAIN_LOSS) == [(0, 2.0)]
+    assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0)]
     error_file = client.download_artifacts(run_id, "error.txt", str(tmp_path))
     assert "RuntimeError: boom" in Path(error_file).read_text()
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from workers import metrics
+from workers import contract
 from workers.config import TrialConfig
 from workers.trial import DIVERGED, FINISHED, Trial, is_align_epoch, is_eval_epoch
 
@@ -31,29 +31,29 @@ def test_sin_memorizes_at_large_sigma_and_generalizes_at_small_sigma(tmp_path):
     large = Trial(_config(tmp_path, sigma=10.0, **common))
     small = Trial(_config(tmp_path, sigma=0.01, **common))
     last_large, last_small = _records(large)[-1], _records(small)[-1]
-    assert last_large[metrics.TRAIN_ACC] > 0.95
-    assert last_large[metrics.TEST_ACC] < 0.2          # chance is 0.1
-    assert last_small[metrics.TEST_ACC] > 0.85
-    assert last_small[metrics.ALIGN_GRAD] > last_large[metrics.ALIGN_GRAD] + 0.1   # claim 2
-    assert last_small[metrics.ALIGN_REP] > last_large[metrics.ALIGN_REP] + 0.1
+    assert last_large[contract.TRAIN_ACC] > 0.95
+    assert last_large[contract.TEST_ACC] < 0.2          # chance is 0.1
+    assert last_small[contract.TEST_ACC] > 0.85
+    assert last_small[contract.ALIGN_GRAD] > last_large[contract.ALIGN_GRAD] + 0.1   # claim 2
+    assert last_small[contract.ALIGN_REP] > last_large[contract.ALIGN_REP] + 0.1
 
 
 def test_records_carry_the_metric_contract_on_the_schedule(tmp_path):
     config = _config(tmp_path, epochs=7, eval_every=2, align_every=3, sigma=1.0)
     records = _records(Trial(config))
-    assert [r[metrics.EPOCH] for r in records] == [0, 2, 4, 6, 7]
-    aligned = [r[metrics.EPOCH] for r in records if metrics.ALIGN_GRAD in r]
+    assert [r[contract.EPOCH] for r in records] == [0, 2, 4, 6, 7]
+    aligned = [r[contract.EPOCH] for r in records if contract.ALIGN_GRAD in r]
     assert aligned == [0, 4, 6, 7]   # first evaluated epoch at/after 3 and 6, plus first and last
-    expected = set(metrics.EVAL_METRICS) | set(metrics.DYN_METRICS) | {
-        metrics.ALIGN_REP, metrics.ALIGN_REP_TEST, metrics.ALIGN_GRAD_LOGITS, metrics.ALIGN_GRAD,
+    expected = set(contract.EVAL_METRICS) | set(contract.DYN_METRICS) | {
+        contract.ALIGN_REP, contract.ALIGN_REP_TEST, contract.ALIGN_GRAD_LOGITS, contract.ALIGN_GRAD,
         "align/grad_hidden", "align/grad_top"}
-    assert set(records[0]) - {metrics.EPOCH} == expected
+    assert set(records[0]) - {contract.EPOCH} == expected
     best = 0.0
     for r in records:
-        best = max(best, r[metrics.TEST_ACC])
-        assert r[metrics.TEST_BEST_ACC] == best
-    assert records[0][metrics.DYN_WEIGHT_CHANGE_HIDDEN] == 0.0
-    assert records[-1][metrics.DYN_WEIGHT_CHANGE_HIDDEN] > 0.0
+        best = max(best, r[contract.TEST_ACC])
+        assert r[contract.TEST_BEST_ACC] == best
+    assert records[0][contract.DYN_WEIGHT_CHANGE_HIDDEN] == 0.0
+    assert records[-1][contract.DYN_WEIGHT_CHANGE_HIDDEN] > 0.0
 
 
 def test_schedule_functions():
@@ -67,7 +67,7 @@ def test_same_config_and_seed_give_bit_identical_metrics(tmp_path):
     first, second = _records(Trial(config)), _records(Trial(config))
     assert json.dumps(first) == json.dumps(second)
     other_seed = _records(Trial(config.replace(seed=1)))
-    assert other_seed[-1][metrics.TRAIN_LOSS] != first[-1][metrics.TRAIN_LOSS]
+    assert other_seed[-1][contract.TRAIN_LOSS] != first[-1][contract.TRAIN_LOSS]
 
 
 @pytest.mark.parametrize("model_keys", [{"sigma": 1.0, "momentum": 0.9}])
@@ -106,7 +106,7 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
     trial = Trial(config)
     records = _records(trial)
     assert trial.status == DIVERGED
-    assert records and records[0][metrics.EPOCH] == 0
+    assert records and records[0][contract.EPOCH] == 0
     assert trial.epoch < 20
     for record in records:
         assert all(value == value for value in record.values())  # no NaN was reported

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers import metrics
+from workers import contract
 from workers.losses import per_example_loss
 from workers.models import weight_layers
 
@@ -165,13 +165,13 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_c
         total = None
         for name, layer in captured.layers.items():
             gram = layer_gradient_gram(layer, captured.inputs[name][rows], captured.output_grads[name][rows])
-            add(metrics.align_grad_layer(name), gram)
+            add(contract.align_grad_layer(name), gram)
             total = gram if total is None else total + gram
-        add(metrics.ALIGN_GRAD, total)
+        add(contract.ALIGN_GRAD, total)
         logits_grad = captured.logits_grad[rows].to(GRAM_DTYPE)
-        add(metrics.ALIGN_GRAD_LOGITS, logits_grad @ logits_grad.T)
+        add(contract.ALIGN_GRAD_LOGITS, logits_grad @ logits_grad.T)
         representation = captured.representation[rows].to(GRAM_DTYPE)
-        add(metrics.ALIGN_REP, representation @ representation.T)
+        add(contract.ALIGN_REP, representation @ representation.T)
     return {name: torch.stack(values) for name, values in per_class.items()}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers import metrics
+from workers import contract
 from workers.losses import per_example_loss
 from workers.models import weight_layers
 
@@ -46,11 +46,11 @@ def per_example_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, nu
         offset = 0
         for name, layer in layers:
             count = len(list(layer.parameters()))
-            example[metrics.align_grad_layer(name)] = torch.cat([g.flatten() for g in grads[offset:offset + count]])
+            example[contract.align_grad_layer(name)] = torch.cat([g.flatten() for g in grads[offset:offset + count]])
             offset += count
-        example[metrics.ALIGN_GRAD] = torch.cat([g.flatten() for g in grads[:-1]])
-        example[metrics.ALIGN_GRAD_LOGITS] = grads[-1]
-        example[metrics.ALIGN_REP] = representation[0].detach()
+        example[contract.ALIGN_GRAD] = torch.cat([g.flatten() for g in grads[:-1]])
+        example[contract.ALIGN_GRAD_LOGITS] = grads[-1]
+        example[contract.ALIGN_REP] = representation[0].detach()
         for name, vector in example.items():
             vectors.setdefault(name, [[] for _ in range(num_classes)])[int(y[i])].append(vector.detach())
     return {name: [omega_of_vectors(v) if v else float("nan") for v in per_class]

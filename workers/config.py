@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from workers.datasets import DATASETS, FACTS
 from workers.errors import ConfigError
 
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")
 MODELS = ("mlp", "convnet")
 ACTIVATIONS = ("sin", "relu", "sigmoid", "linear")
 LOSSES = ("cross_entropy", "hinge", "squared")
@@ -29,6 +29,16 @@ MAX_SEED = 2**31 - 1
 # The smallest image side the ConvNet takes (workers.models: 15 pixels reach the dense layer
 # as 1 x 1, 14 as nothing).
 CONVNET_MIN_SIDE = 15
+
+
+def convnet_size_problem(height: int, width: int, *, images: str, remedy: str) -> str | None:
+    """The user's message when the ConvNet cannot take images of ``height`` x ``width``
+    pixels; None when it can. ``images`` names them with its verb ("dataset digits has"),
+    ``remedy`` is the other way out besides the MLP."""
+    if min(height, width) >= CONVNET_MIN_SIDE:
+        return None
+    return (f"'model' convnet needs images of at least {CONVNET_MIN_SIDE}x{CONVNET_MIN_SIDE} "
+            f"pixels and {images} {height}x{width}: use model mlp, or {remedy}")
 
 
 def _doc(text: str, *, choices: tuple | None = None, minimum: float | None = None,
@@ -149,6 +159,11 @@ class TrialConfig:
         return TrialConfig.from_mapping({**self.to_dict(), **changes})
 
 
+def key_types() -> dict[str, tuple[type, bool]]:
+    """Each trial key's scalar type (str, int, float or bool) and whether it may be None."""
+    return {key: _base_type(annotation) for key, annotation in _field_types().items()}
+
+
 def _field_types() -> dict[str, Any]:
     hints = typing.get_type_hints(TrialConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrialConfig)}
@@ -223,10 +238,14 @@ def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems between keys of a config whose keys are each valid (missing keys = defaults)."""
     merged = {f.name: f.default for f in dataclasses.fields(TrialConfig)} | dict(values)
     problems = []
-    if merged["model"] == "convnet" and merged["dataset"] == "digits":
-        problems.append(f"'model' convnet needs images of at least {CONVNET_MIN_SIDE}x"
-                        f"{CONVNET_MIN_SIDE} pixels and dataset digits has 8x8: use model mlp, "
-                        "or dataset cifar10/cifar100/svhn")
+    if merged["model"] == "convnet":
+        height, width, _ = FACTS[merged["dataset"]].image_shape
+        large_enough = [name for name, facts in FACTS.items()
+                        if min(facts.image_shape[:2]) >= CONVNET_MIN_SIDE]
+        problem = convnet_size_problem(height, width, images=f"dataset {merged['dataset']} has",
+                                       remedy="dataset " + "/".join(large_enough))
+        if problem:
+            problems.append(problem)
     return problems
 
 
@@ -238,17 +257,3 @@ def config_problems(values: Mapping[str, Any]) -> list[str]:
     problems = [p for key, value in values.items() for p in key_problems(key, value)]
     return problems or cross_key_problems(values)
 
-
-def parse_set_option(assignment: str) -> tuple[str, Any]:
-    """Parse ``KEY=VALUE`` from ``--set``; VALUE is read as YAML (``10`` -> int, ``1e-3`` ->
-    float, ``null`` -> None); text that is not YAML stays a string.
-
-    Raises:
-        ConfigError: when there is no ``=``.
-    """
-    from workers.config_file import parse_yaml_value
-
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError([f"--set expects KEY=VALUE, got {assignment!r}"], source="--set")
-    return key.strip(), parse_yaml_value(raw)

@@ -11,7 +11,7 @@ worker builds a ``TrialRunLogger`` from the tracking URI and the run id it was g
     logger.log_final_artifacts(config, logger.history, logger.alignment_rows, model_state)
     logger.finish("finished")              # or "diverged"; on an exception: logger.fail(text)
 
-What a run holds after it: metrics named as in ``workers.metrics`` with ``step = epoch``;
+What a run holds after it: metrics named as in ``workers.contract`` with ``step = epoch``;
 tags ``xmem.status`` (running | finished | diverged | failed), ``xmem.attempts`` and the
 caller's tags; artifacts ``config.yaml``, ``history.parquet`` (one row per evaluated epoch:
 ``epoch`` and one float column per metric, null where not measured), ``alignment.parquet``
@@ -28,7 +28,6 @@ identical in key, step, timestamp and value.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,19 +41,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from workers import metrics
+from workers import contract
 from workers.config import TrialConfig
+from workers.contract import (ALIGNMENT_ARTIFACT, CONFIG_ARTIFACT, ERROR_ARTIFACT, HISTORY_ARTIFACT,
+                              STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
+                              TAG_ATTEMPTS, TAG_STATUS, WEIGHTS_ARTIFACT)
 from workers.env_defaults import env_defaults
-from workers.run_tags import (STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
-                               TAG_ATTEMPTS, TAG_STATUS)
 from workers.trial import EpochRecord
 
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's limit for one log_batch
-CONFIG_ARTIFACT = "config.yaml"
-HISTORY_ARTIFACT = "history.parquet"
-ALIGNMENT_ARTIFACT = "alignment.parquet"
-WEIGHTS_ARTIFACT = "weights.pt"
-ERROR_ARTIFACT = "error.txt"
 
 # The MLflow client's settings for this module's calls, applied only around them (a value
 # the user set in the environment wins). MLflow's HTTP client retries 7 times with backoff
@@ -103,7 +98,7 @@ class TrialRunLogger:
         does not have yet are queued again."""
         with client_env():
             run = self.client.get_run(self.run_id)
-            self.attempt = _as_int(run.data.tags.get(TAG_ATTEMPTS)) + 1
+            self.attempt = (contract.tag_int(run.data.tags, TAG_ATTEMPTS) or 0) + 1
             # An attempt that resumes from a checkpoint (or restarts) replays epochs an earlier
             # attempt may have logged already: each metric keeps exactly one value per step.
             self.logged_through = {
@@ -112,9 +107,9 @@ class TrialRunLogger:
             # Epochs restored from a checkpoint whose metrics never reached the server (it was
             # away when the last attempt ended) are sent now.
             timestamp_ms = int(time.time() * 1000)
-            self.pending = [Metric(key, float(value), timestamp_ms, row[metrics.EPOCH])
+            self.pending = [Metric(key, float(value), timestamp_ms, row[contract.EPOCH])
                             for row in self.history for key, value in row.items()
-                            if key != metrics.EPOCH and row[metrics.EPOCH] > self.logged_through.get(key, -1)]
+                            if key != contract.EPOCH and row[contract.EPOCH] > self.logged_through.get(key, -1)]
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -209,7 +204,7 @@ def is_transient(error: BaseException) -> bool:
 
 def alignment_rows(record: EpochRecord) -> list[dict[str, Any]]:
     """One row per (alignment metric, class) of ``record``: epoch, metric, class, omega."""
-    return [{metrics.EPOCH: record.epoch, "metric": name, "class": k, "omega": omega}
+    return [{contract.EPOCH: record.epoch, "metric": name, "class": k, "omega": omega}
             for name, values in record.per_class.items()
             for k, omega in enumerate(values)]
 
@@ -219,8 +214,8 @@ def history_table(history: list[dict[str, Any]]) -> pa.Table:
     null where a row lacks the metric (alignment is measured on some epochs only)."""
     names: dict[str, None] = {}
     for row in history:
-        names.update((key, None) for key in row if key != metrics.EPOCH)
-    columns = {metrics.EPOCH: pa.array([row[metrics.EPOCH] for row in history], pa.int64())}
+        names.update((key, None) for key in row if key != contract.EPOCH)
+    columns = {contract.EPOCH: pa.array([row[contract.EPOCH] for row in history], pa.int64())}
     for name in names:
         columns[name] = pa.array([row.get(name) for row in history], pa.float64())
     return pa.table(columns)
@@ -228,13 +223,7 @@ def history_table(history: list[dict[str, Any]]) -> pa.Table:
 
 def alignment_table(rows: list[dict[str, Any]]) -> pa.Table:
     """The per-class alignment rows as a table (omega null where undefined)."""
-    schema = pa.schema([(metrics.EPOCH, pa.int64()), ("metric", pa.string()),
+    schema = pa.schema([(contract.EPOCH, pa.int64()), ("metric", pa.string()),
                         ("class", pa.int64()), ("omega", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
-
-def _as_int(text: str | None) -> int:
-    try:
-        return int(text) if text is not None else 0
-    except ValueError:
-        return 0

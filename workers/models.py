@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from workers.config import CONVNET_MIN_SIDE, TrialConfig
+from workers.config import CONVNET_MIN_SIDE, TrialConfig, convnet_size_problem
 from workers.errors import ConfigError
 
 
@@ -115,11 +115,12 @@ def build_model(config: TrialConfig, image_shape: tuple[int, int, int], num_clas
             ``data_file`` table); the config alone cannot tell.
     """
     _, height, width = image_shape
-    if config.model == "convnet" and min(height, width) < CONVNET_MIN_SIDE:
+    if config.model == "convnet":
         source = f"data_file {config.data_file}" if config.data_file else f"dataset {config.dataset}"
-        raise ConfigError([f"'model' convnet needs images of at least {CONVNET_MIN_SIDE}x"
-                           f"{CONVNET_MIN_SIDE} pixels and the images of {source} are "
-                           f"{height}x{width}: use model mlp, or larger images"])
+        problem = convnet_size_problem(height, width, images=f"the images of {source} are",
+                                       remedy="larger images")
+        if problem:
+            raise ConfigError([problem])
     if config.model == "mlp":
         model: nn.Module = MLP(math.prod(image_shape), config.hidden, num_classes, config.activation)
     else:

@@ -21,17 +21,19 @@ from typing import Any, Iterator
 
 import torch
 
-from workers import metrics
+from workers import contract
 from workers.alignment import gradient_alignment, mean_over_classes, representation_alignment
+from workers.checkpoint import STATE_FORMAT, check_state_fits
 from workers.config import TrialConfig
+from workers.contract import STATUS_DIVERGED as DIVERGED
+from workers.contract import STATUS_FINISHED as FINISHED
+from workers.contract import STATUS_RUNNING as RUNNING
 from workers.data import DeviceDataset, load_dataset
 from workers.errors import XmemError
 from workers.losses import per_example_loss
 from workers.models import build_model
 from workers.sgd import PlainSGD
 
-RUNNING, FINISHED, DIVERGED = "running", "finished", "diverged"
-STATE_FORMAT = 1
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating (bounds activation memory)
 
 
@@ -50,7 +52,7 @@ class EpochRecord:
 
     def flat(self) -> dict[str, Any]:
         """``{"epoch": e, **metrics}``: one line of ``xmem trial --out``."""
-        return {metrics.EPOCH: self.epoch, **self.metrics}
+        return {contract.EPOCH: self.epoch, **self.metrics}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -157,8 +159,8 @@ class Trial:
             loss = self._loss(self.model(self.data.x_train[probe]), self.data.y_train[probe]).mean()
             (grad,) = torch.autograd.grad(loss, [weight])
         return {
-            metrics.DYN_GRAD_NORM_RATIO_HIDDEN: float(grad.norm() / weight.detach().norm()),
-            metrics.DYN_WEIGHT_CHANGE_HIDDEN: float((weight.detach() - self.initial_hidden).norm() / self.initial_hidden.norm()),
+            contract.DYN_GRAD_NORM_RATIO_HIDDEN: float(grad.norm() / weight.detach().norm()),
+            contract.DYN_WEIGHT_CHANGE_HIDDEN: float((weight.detach() - self.initial_hidden).norm() / self.initial_hidden.norm()),
         }
 
     def _alignment(self) -> tuple[dict[str, float], dict[str, list[float | None]]]:
@@ -166,7 +168,7 @@ class Trial:
         per_class = gradient_alignment(
             self.model, data.x_train[data.probe_train], data.y_train[data.probe_train],
             data.num_classes, config.loss, config.temperature)
-        per_class[metrics.ALIGN_REP_TEST] = representation_alignment(
+        per_class[contract.ALIGN_REP_TEST] = representation_alignment(
             self.model, data.x_test[data.probe_test], data.y_test[data.probe_test], data.num_classes)
         means: dict[str, float] = {}
         listed: dict[str, list[float | None]] = {}
@@ -186,9 +188,9 @@ class Trial:
             return None
         self.best_test_acc = max(self.best_test_acc, test_acc)
         values = {
-            metrics.TRAIN_LOSS: train_loss, metrics.TRAIN_ACC: train_acc,
-            metrics.TEST_LOSS: test_loss, metrics.TEST_ACC: test_acc,
-            metrics.TEST_BEST_ACC: self.best_test_acc,
+            contract.TRAIN_LOSS: train_loss, contract.TRAIN_ACC: train_acc,
+            contract.TEST_LOSS: test_loss, contract.TEST_ACC: test_acc,
+            contract.TEST_BEST_ACC: self.best_test_acc,
         }
         values.update(self._hidden_dynamics())
         per_class: dict[str, list[float | None]] = {}
@@ -250,16 +252,7 @@ class Trial:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict()``; the saved config must match this trial's results-wise."""
-        if state.get("format") != STATE_FORMAT:
-            raise XmemError(f"checkpoint format {state.get('format')!r} is not {STATE_FORMAT}; "
-                            "it was written by another xmem version: restart the trial from scratch")
-        # The device may differ: a checkpoint written on a GPU resumes on a CPU and back.
-        saved = TrialConfig.from_mapping(state["config"], source="checkpoint").identity()
-        current = self.config.identity()
-        changed = sorted(k for k in saved if k != "device" and saved[k] != current[k])
-        if changed:
-            raise XmemError(f"checkpoint belongs to a different trial config (differs in: "
-                            f"{', '.join(changed)}); restart the trial from scratch")
+        check_state_fits(state, self.config)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.initial_hidden = state["initial_hidden"].to(self.device)

@@ -19,7 +19,6 @@ fails (to be resumed later) only when the server stays away longer than
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -33,14 +32,14 @@ import ray
 import torch
 from ray import tune
 
+from workers.checkpoint import TrialCheckpoint, load_checkpoint, save_checkpoint
 from workers.config import TrialConfig
+from workers.contract import (REPORT_EPOCH, REPORT_STATUS, STATUS_FAILED, TAG_ATTEMPT_SECONDS,
+                              TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE, TAG_HOST,
+                              TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH, TrialPayload)
 from workers.errors import XmemError
 from workers.mlflow_log import TrialRunLogger, is_transient
-from workers.run_tags import (CHECKPOINT_INFO_FILE, TAG_ATTEMPT_SECONDS, TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE,
-                               TAG_HOST, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH)
 from workers.trial import Trial
-
-CHECKPOINT_FILE = "trial_state.pt"
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
 ADAPTIVE_CHECKPOINT_RATIO = 20.0
@@ -54,16 +53,6 @@ TRACKING_RETRY_PAUSE_S = 2.0
 def tracking_wait_seconds() -> float:
     """How long a trial keeps going without its tracking server before it fails."""
     return float(os.environ.get("XMEM_TRACKING_WAIT_S", "600"))
-
-
-def trial_payload(config: TrialConfig, trial_id: str, name: str, run_id: str, tracking_uri: str,
-                  resume_from: str | None = None) -> dict[str, Any]:
-    """What the driver puts in Tune's param space for one trial (plain, picklable values).
-
-    ``resume_from``: a checkpoint folder (local path or URI) an earlier sweep run left.
-    """
-    return {"trial": config.to_dict(), "trial_id": trial_id, "name": name,
-            "run_id": run_id, "tracking_uri": tracking_uri, "resume_from": resume_from}
 
 
 def _device_for_this_worker(config: TrialConfig) -> TrialConfig:
@@ -106,17 +95,14 @@ class _CheckpointClock:
 
 def _save_checkpoint(trial: Trial, logger: TrialRunLogger, trial_id: str, scratch: Path) -> tune.Checkpoint:
     folder = Path(tempfile.mkdtemp(dir=scratch))
-    torch.save({"trial": trial.state_dict(), "history": logger.history,
-                "alignment_rows": logger.alignment_rows, "run_id": logger.run_id},
-               folder / CHECKPOINT_FILE)
-    (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(
-        {"trial_id": trial_id, "epoch": trial.epoch, "run_id": logger.run_id}))
+    save_checkpoint(TrialCheckpoint(trial_id, logger.run_id, trial.state_dict(), logger.history,
+                                    logger.alignment_rows), folder)
     return tune.Checkpoint.from_directory(str(folder))
 
 
-def _load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
+def _load_checkpoint(checkpoint: tune.Checkpoint, trial_id: str) -> TrialCheckpoint:
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+        return load_checkpoint(folder, trial_id)
 
 
 class TrackingServerAway(RuntimeError):
@@ -132,11 +118,6 @@ class _PatientTracking:
         self.down_since: float | None = None
         self.last_flush = time.monotonic()
 
-    def _give_up(self, error: Exception) -> TrackingServerAway:
-        return TrackingServerAway(f"the MLflow tracking server {self.logger.tracking_uri} was unreachable for "
-                         f"more than {tracking_wait_seconds():g} s ({error}); {len(self.logger.pending)} "
-                         "metric values are kept in the checkpoint's history; rerun the sweep to resume")
-
     def call(self, function, *args) -> Any:
         """Retry ``function`` until it succeeds or the server has been away too long."""
         while True:
@@ -145,12 +126,7 @@ class _PatientTracking:
                 self.down_since = None
                 return result
             except Exception as error:  # the MLflow client raises several types
-                if not is_transient(error):
-                    raise
-                now = time.monotonic()
-                self.down_since = self.down_since or now
-                if now - self.down_since > tracking_wait_seconds():
-                    raise self._give_up(error) from error
+                self._bear(error)
                 time.sleep(TRACKING_RETRY_PAUSE_S)
 
     def flush_now_and_then(self, force: bool = False) -> None:
@@ -163,29 +139,38 @@ class _PatientTracking:
             self.logger.flush()
             self.down_since = None
         except Exception as error:
-            if not is_transient(error):
-                raise
-            self.down_since = self.down_since or now
-            if now - self.down_since > tracking_wait_seconds():
-                raise self._give_up(error) from error
+            self._bear(error)
+
+    def _bear(self, error: Exception) -> None:
+        """Note a failed call: re-raise what waiting cannot cure, give up once the server has
+        been away longer than ``tracking_wait_seconds()``, else return (keep going)."""
+        if not is_transient(error):
+            raise error
+        now = time.monotonic()
+        self.down_since = self.down_since or now
+        if now - self.down_since > tracking_wait_seconds():
+            raise TrackingServerAway(
+                f"the MLflow tracking server {self.logger.tracking_uri} was unreachable for more "
+                f"than {tracking_wait_seconds():g} s ({error}); {len(self.logger.pending)} metric "
+                "values are kept in the checkpoint's history; rerun the sweep to resume") from error
 
 
 def run_tune_trial(tune_config: dict[str, Any]) -> None:
-    """Tune function trainable; ``tune_config["xmem"]`` is a ``trial_payload``."""
-    payload = tune_config["xmem"]
-    config = _device_for_this_worker(TrialConfig.from_mapping(payload["trial"], source="sweep trial"))
-    logger = TrialRunLogger(payload["tracking_uri"], payload["run_id"])
+    """Tune function trainable; its config holds a ``TrialPayload`` (``contract.PAYLOAD_KEY``)."""
+    payload = TrialPayload.of_tune_config(tune_config)
+    config = _device_for_this_worker(TrialConfig.from_mapping(payload.trial, source="sweep trial"))
+    logger = TrialRunLogger(payload.tracking_uri, payload.run_id)
     tracking = _PatientTracking(logger)
     attempt_started = time.monotonic()
     try:
         trial = Trial(config)
         checkpoint = tune.get_checkpoint()
-        if checkpoint is None and payload.get("resume_from"):
-            checkpoint = tune.Checkpoint(payload["resume_from"])
+        if checkpoint is None and payload.resume_from:
+            checkpoint = tune.Checkpoint(payload.resume_from)
         if checkpoint is not None:
-            saved = _load_checkpoint(checkpoint)
-            trial.load_state_dict(saved["trial"])
-            logger.history, logger.alignment_rows = saved["history"], saved["alignment_rows"]
+            saved = _load_checkpoint(checkpoint, payload.trial_id)
+            trial.load_state_dict(saved.trial_state)
+            logger.history, logger.alignment_rows = saved.history, saved.alignment_rows
         tracking.call(logger.start, {
             TAG_DEVICE: _device_name(trial), TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
             TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
@@ -195,11 +180,11 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="xmem-ckpt-") as scratch:
             for record in trial.run():
                 logger.log_record(record)
-                report = {**record.flat(), "xmem_status": trial.status}
+                report = {**record.flat(), REPORT_STATUS: trial.status}
                 if clock.due(record.epoch, final=record.epoch >= config.epochs):
                     tracking.flush_now_and_then(force=True)
                     started = time.monotonic()
-                    saved_checkpoint = _save_checkpoint(trial, logger, payload["trial_id"], Path(scratch))
+                    saved_checkpoint = _save_checkpoint(trial, logger, payload.trial_id, Path(scratch))
                     tune.report(report, checkpoint=saved_checkpoint)  # Tune copies it to storage
                     shutil.rmtree(saved_checkpoint.path, ignore_errors=True)
                     clock.saved(record.epoch, time.monotonic() - started)
@@ -215,12 +200,12 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
         tracking.call(logger.log_final_artifacts, config, logger.history, logger.alignment_rows,
                       trial.model.state_dict())
         tracking.call(logger.finish, trial.status)
-        tune.report({"epoch": trial.epoch, "xmem_status": trial.status, "xmem_done": True})
+        tune.report({REPORT_EPOCH: trial.epoch, REPORT_STATUS: trial.status})
     except XmemError as error:
         # A user error (a missing dataset, images too small for the model) fails the same way
         # on every retry: end the trial failed now instead of spending max_failures retries.
         _end_failed(logger, f"{error}\n\n{traceback.format_exc()}")
-        tune.report({"xmem_status": "failed", "xmem_done": True, "xmem_error": str(error)})
+        tune.report({REPORT_STATUS: STATUS_FAILED})
     except BaseException:
         _end_failed(logger, traceback.format_exc())
         raise

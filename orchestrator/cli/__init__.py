@@ -29,8 +29,18 @@ def main() -> None:
     """Sweep initialization scale vs. extreme memorization on Ray Tune, tracked in MLflow."""
 
 
-def _register() -> None:
-    from orchestrator.cli import export, report, status, sweep, trial, ui  # noqa: F401  (commands register themselves on import)
+def _add_commands() -> None:
+    """Every command of ``xmem``, in the order ``xmem --help`` lists them."""
+    from orchestrator.cli.export import export
+    from orchestrator.cli.report import report
+    from orchestrator.cli.schema import schema
+    from orchestrator.cli.status import resume, status
+    from orchestrator.cli.sweep import sweep
+    from orchestrator.cli.trial import trial
+    from orchestrator.cli.ui import ui
+
+    for command in (sweep, status, resume, export, report, ui, trial, schema):
+        main.add_command(command)
 
 
-_register()
+_add_commands()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli import main
 from orchestrator.cli.store_options import store_options
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), metavar="FILE.parquet",
               help="Where to write (default: NAME.parquet, or NAME-history.parquet with --history).")
@@ -23,7 +22,7 @@ def export(name: str, out: str | None, history: bool, tracking_uri: str | None,
 
     Example: xmem export quickstart -o quickstart.parquet
     """
-    from orchestrator.results import export_results
+    from orchestrator.results.tables import export_results
 
     path = out or (f"{name}-history.parquet" if history else f"{name}.parquet")
     table = export_results(name, path, history=history, tracking_uri=tracking_uri, store=store)

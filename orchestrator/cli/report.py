@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli import main
 from orchestrator.cli.store_options import store_options
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder for report.html, the PNGs and the tables (default: "
@@ -20,6 +19,6 @@ def report(name: str, out: str | None, tracking_uri: str | None, store: str | No
 
     Example: xmem report quickstart
     """
-    from orchestrator.report import write_report
+    from orchestrator.results.report import write_report
 
     write_report(name, out, tracking_uri=tracking_uri, store=store, echo=click.echo)

@@ -6,11 +6,10 @@ import sys
 
 import click
 
-from orchestrator.cli import main
 from orchestrator.cli.store_options import store_options
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @store_options
 def status(name: str, tracking_uri: str | None, store: str | None) -> None:
@@ -20,7 +19,7 @@ def status(name: str, tracking_uri: str | None, store: str | None) -> None:
     sweep_status(name, tracking_uri=tracking_uri, store=store, echo=click.echo)
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @store_options
 @click.option("--address", metavar="ADDR", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster).")

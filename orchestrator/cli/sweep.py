@@ -6,10 +6,9 @@ import sys
 
 import click
 
-from orchestrator.cli import main
 
 
-@main.command()
+@click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--address", metavar="ADDR", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster).")
 @click.option("--tracking-uri", metavar="URI",
@@ -27,7 +26,7 @@ def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str
 
     Example: xmem sweep experiments/quickstart.yaml
     """
-    from orchestrator.sweep import run_sweep
+    from orchestrator.run import run_sweep
 
     run_sweep(spec, address=address, tracking_uri=tracking_uri, storage=storage, dry_run=dry_run,
               restart_failed=restart_failed, echo=click.echo, live=sys.stdout.isatty())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli import main
 
 
 def _print_keys(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -18,7 +17,7 @@ def _print_keys(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
     ctx.exit(0)
 
 
-@main.command()
+@click.command()
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override a trial key (VALUE is read as YAML: 10, 0.01, null, true).")
@@ -30,8 +29,8 @@ def trial(config_file: str | None, assignments: tuple[str, ...], out: str | None
 
     Example: xmem trial --set dataset=digits --set sigma=10 --set epochs=100 --out m.jsonl
     """
-    from workers.config_file import load_trial_config
-    from workers.run_local import run_trial
+    from workers.yaml_io import load_trial_config
+    from workers.local import run_trial
 
     config = load_trial_config(config_file, assignments)
     run_trial(config, out=out, echo=click.echo)

@@ -13,14 +13,13 @@ Modules, one job each:
 No DataLoader: the trainer indexes device-resident tensors directly.
 """
 
-from workers.data.arrays import NUM_CLASSES, ImageArrays
+from workers.data.arrays import ImageArrays
 from workers.data.dataset import DeviceDataset, load_dataset
 from workers.data.images import load_image_arrays
 from workers.data.standardize import per_image_standardize
 from workers.data.subsets import probe_indices, shuffled_labels, stratified_subset
 
 __all__ = [
-    "NUM_CLASSES",
     "DeviceDataset",
     "ImageArrays",
     "load_dataset",

@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Number of classes per dataset name; a Parquet table's labels are checked against this.
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
-
 
 @dataclass(frozen=True)
 class ImageArrays:

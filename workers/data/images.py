@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.data.arrays import NUM_CLASSES, ImageArrays
+from workers.data.arrays import ImageArrays
+from workers.datasets import NUM_CLASSES
 from workers.data.cache import cache_path, read_cache, write_cache
 from workers.data.parquet_table import read_parquet_table
 from workers.data.sources import digits_arrays, ensure_torchvision_files, read_torchvision_files

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.data.arrays import NUM_CLASSES, ImageArrays
+from workers.data.arrays import ImageArrays
+from workers.datasets import NUM_CLASSES
 from workers.errors import DatasetUnavailable
 
 REQUIRED_COLUMNS = ("split", "label", "image")

@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib (Agg) from the results tables of
-``orchestrator.results``: the same tables ``xmem export`` writes, nothing recomputed.
+``orchestrator.results.tables``: the same tables ``xmem export`` writes, nothing recomputed.
 
-Panels are the groups of trials that differ only in sigma and seed (``results.panel_keys``:
+Panels are the groups of trials that differ only in sigma and seed (``grouping.panel_keys``:
 one per dataset / activation / loss / ... combination); within a panel one curve or point per
 sigma, the mean over seeds, with the seeds' range (curves) or standard deviation (points)
 around it. Only finished and diverged trials are drawn.
@@ -33,9 +33,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pyarrow as pa  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
-from orchestrator import claims, results  # noqa: E402
-from orchestrator.results import SIGMA, by_sigma, group_rows, summarize  # noqa: E402
-from workers import metrics  # noqa: E402
+from orchestrator.results import grouping, tables  # noqa: E402
+from orchestrator.results.grouping import (SIGMA, alignment_correlation, by_sigma, chance,  # noqa: E402
+                                           condition_groups, group_rows, summarize)
+from orchestrator.text import format_value  # noqa: E402
+from workers import contract  # noqa: E402
 
 PANEL_SIZE = (4.6, 3.4)  # inches
 MAX_COLUMNS = 3
@@ -56,12 +58,12 @@ class FigureFile:
 
 def draw_figures(trials: pa.Table, history: pa.Table | None, out_dir: Path) -> list[FigureFile]:
     """Draw every figure the sweep's data allows into ``out_dir``; return what was written."""
-    rows = results.result_rows(trials)
+    rows = grouping.result_rows(trials)
     if not rows:
         return []
-    ids = {row[results.TRIAL_ID] for row in rows}
+    ids = {row[tables.TRIAL_ID] for row in rows}
     history_rows = [] if history is None else [r for r in history.to_pylist()
-                                                if r[results.TRIAL_ID] in ids]
+                                                if r[tables.TRIAL_ID] in ids]
     sweep = _Sweep(rows, history_rows)
     drawn = []
     with plt.rc_context({"axes.titlesize": 10}):
@@ -78,8 +80,8 @@ class _Sweep:
     def __init__(self, rows: list[dict[str, Any]], history_rows: list[dict[str, Any]]):
         self.rows = rows
         self.history_rows = history_rows
-        self.panel_keys = results.panel_keys(rows)
-        self.linked = results.sigma_linked_keys(rows)
+        self.panel_keys = grouping.panel_keys(rows)
+        self.linked = grouping.sigma_linked_keys(rows)
         self.panels = group_rows(rows, self.panel_keys)
         sigmas = sorted({r[SIGMA] for r in rows if r.get(SIGMA) is not None})
         self.norm = mcolors.LogNorm(vmin=sigmas[0], vmax=sigmas[-1]) if len(sigmas) > 1 else None
@@ -93,15 +95,15 @@ class _Sweep:
         if first.get("model") != "mlp" or "model" in self.panel_keys:
             parts.append(str(first.get("model")))
         shown = {"dataset", "activation", "loss", "model"}
-        extra = [f"{k}={results.format_value(v)}" for k, v in zip(self.panel_keys, values)
+        extra = [f"{k}={format_value(v)}" for k, v in zip(self.panel_keys, values)
                  if k not in shown]
         return " · ".join(parts) + ("\n" + " · ".join(extra) if extra else "")
 
     def panels_with_history(self) -> list[tuple[tuple, list[dict[str, Any]]]]:
         """The panels whose trials have a metric history (epochs to draw)."""
-        with_history = {row[results.TRIAL_ID] for row in self.history_rows}
+        with_history = {row[tables.TRIAL_ID] for row in self.history_rows}
         return [(values, members) for values, members in self.panels.items()
-                if any(m[results.TRIAL_ID] in with_history for m in members)]
+                if any(m[tables.TRIAL_ID] in with_history for m in members)]
 
     def color(self, sigma: float | None):
         if sigma is None:
@@ -114,13 +116,13 @@ class _Sweep:
         sigma = member.get(SIGMA)
         label = f"σ={GLOROT if sigma is None else f'{sigma:g}'}"
         if self.linked:
-            label += " (" + ", ".join(f"{k}={results.format_value(member.get(k))}"
+            label += " (" + ", ".join(f"{k}={format_value(member.get(k))}"
                                       for k in self.linked) + ")"
         return label
 
     def chance(self, members: Sequence[Mapping[str, Any]]) -> float | None:
         datasets = {m.get("dataset") for m in members}
-        return claims.chance(datasets.pop()) if len(datasets) == 1 else None
+        return chance(datasets.pop()) if len(datasets) == 1 else None
 
 
 def _grid(count: int, rows_per_panel: int = 1):
@@ -156,11 +158,11 @@ def _curves(sweep: _Sweep, members: Sequence[Mapping[str, Any]], metric: str
     ordered = sorted(group_rows(members, keys).items(),
                      key=lambda item: (item[0][0] is None, item[0][0] or 0.0))
     for _, replicates in ordered:
-        ids = {r[results.TRIAL_ID] for r in replicates}
+        ids = {r[tables.TRIAL_ID] for r in replicates}
         by_epoch: dict[int, list[float]] = {}
         for row in sweep.history_rows:
-            if row[results.TRIAL_ID] in ids and row.get(metric) is not None:
-                by_epoch.setdefault(row[metrics.EPOCH], []).append(row[metric])
+            if row[tables.TRIAL_ID] in ids and row.get(metric) is not None:
+                by_epoch.setdefault(row[contract.EPOCH], []).append(row[metric])
         if not by_epoch:
             continue
         epochs = sorted(by_epoch)
@@ -187,7 +189,7 @@ def _fig1(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
     figure, axes = _grid(len(panels))
     for index, (values, members) in enumerate(panels):
         axis = axes[index // axes.shape[1]][index % axes.shape[1]]
-        drawn = _plot_curves(sweep, axis, members, metrics.TEST_ACC)
+        drawn = _plot_curves(sweep, axis, members, contract.TEST_ACC)
         level = sweep.chance(members)
         if level is not None:
             axis.axhline(level, color="gray", linestyle=":", linewidth=1, label="chance")
@@ -235,8 +237,8 @@ def _fig2(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
         sweep, out_dir, "fig2_accuracy_vs_sigma.png", "Accuracy against sigma",
         "Final train accuracy and best test accuracy against sigma (log axis): mean over seeds, "
         "error bars one standard deviation; dotted: chance.",
-        [(metrics.TRAIN_ACC, "o-", "final train acc"),
-         (metrics.TEST_BEST_ACC, "s--", "best test acc")], "accuracy", chance_line=True)
+        [(contract.TRAIN_ACC, "o-", "final train acc"),
+         (contract.TEST_BEST_ACC, "s--", "best test acc")], "accuracy", chance_line=True)
 
 
 def _fig3_sigma(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
@@ -245,7 +247,7 @@ def _fig3_sigma(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
         "Final gradient alignment (align/grad, all parameters) and representation alignment "
         "(align/rep, hidden layer, train probe) against sigma: mean over seeds, error bars one "
         "standard deviation.",
-        [(metrics.ALIGN_GRAD, "o-", metrics.ALIGN_GRAD), (metrics.ALIGN_REP, "s--", metrics.ALIGN_REP)],
+        [(contract.ALIGN_GRAD, "o-", contract.ALIGN_GRAD), (contract.ALIGN_REP, "s--", contract.ALIGN_REP)],
         "alignment Ω", chance_line=False)
 
 
@@ -256,7 +258,7 @@ def _fig3_epochs(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
     figure, axes = _grid(len(panels), rows_per_panel=2)
     columns = axes.shape[1]
     for index, (values, members) in enumerate(panels):
-        for sub, metric in enumerate((metrics.ALIGN_GRAD, metrics.ALIGN_REP)):
+        for sub, metric in enumerate((contract.ALIGN_GRAD, contract.ALIGN_REP)):
             axis = axes[(index // columns) * 2 + sub][index % columns]
             drawn = _plot_curves(sweep, axis, members, metric)
             axis.set(title=sweep.panel_title(values, members), xlabel="epoch", ylabel=metric)
@@ -271,11 +273,11 @@ def _fig3_epochs(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
 def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
     from matplotlib.lines import Line2D
 
-    usable = [r for r in sweep.rows if r.get(metrics.ALIGN_GRAD) is not None
-              and r.get(metrics.TEST_BEST_ACC) is not None]
+    usable = [r for r in sweep.rows if r.get(contract.ALIGN_GRAD) is not None
+              and r.get(contract.TEST_BEST_ACC) is not None]
     if not usable:
         return None
-    overall, per_dataset = claims.alignment_correlation(sweep.rows)
+    overall, per_dataset = alignment_correlation(sweep.rows)
     sigmas = sorted({r.get(SIGMA) for r in usable}, key=lambda s: (s is None, s or 0.0))
     marker = {sigma: SIGMA_MARKERS[i % len(SIGMA_MARKERS)] for i, sigma in enumerate(sigmas)}
     figure, axis = plt.subplots(figsize=(6.4, 4.6))
@@ -283,8 +285,8 @@ def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
     for index, ((dataset,), members) in enumerate(group_rows(usable, ["dataset"]).items()):
         color = plt.get_cmap("tab10")(index % 10)
         for (sigma,), at_sigma in group_rows(members, [SIGMA]).items():
-            axis.scatter([m[metrics.ALIGN_GRAD] for m in at_sigma],
-                         [m[metrics.TEST_BEST_ACC] for m in at_sigma],
+            axis.scatter([m[contract.ALIGN_GRAD] for m in at_sigma],
+                         [m[contract.TEST_BEST_ACC] for m in at_sigma],
                          color=color, marker=marker[sigma], s=30, alpha=0.85)
         rho = per_dataset.get(dataset)
         label = f"{dataset} (ρ = {rho[0]:+.2f}, n = {rho[2]})" if rho else f"{dataset} (ρ undefined)"
@@ -294,7 +296,7 @@ def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
     title = ("Spearman's ρ over all trials: undefined" if overall is None
              else f"Spearman's ρ over all trials = {overall[0]:+.2f} (p = {overall[1]:.2g}, "
                   f"n = {overall[2]})")
-    axis.set(title=title, xlabel=f"{metrics.ALIGN_GRAD} (final)", ylabel="best test accuracy")
+    axis.set(title=title, xlabel=f"{contract.ALIGN_GRAD} (final)", ylabel="best test accuracy")
     axis.legend(handles=handles, fontsize=8)
     return _save(figure, out_dir, "fig4_test_acc_vs_alignment.png",
                  "Best test accuracy against gradient alignment",
@@ -305,23 +307,18 @@ def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
 
 def _fig5(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
     # Compare conditions only at otherwise identical config (the seeds apart), as the paper.
-    keys = [k for k in results.CONFIG_KEYS
-            if k not in CONDITION_KEYS and k not in results.REPLICATE_KEYS]
-    groups = [(values, members) for values, members in group_rows(sweep.rows, keys).items()
+    groups = [(title, members) for title, members in condition_groups(sweep.rows, CONDITION_KEYS)
               if len(group_rows(members, CONDITION_KEYS)) > 1]
     if not groups:
         return None
-    shown = [k for k in results.varying_keys(sweep.rows) if k in keys]
-    shown = shown if "dataset" in shown else ["dataset"] + shown
     figure, axes = plt.subplots(len(groups), 2, squeeze=False,
                                 figsize=(2 * PANEL_SIZE[0], PANEL_SIZE[1] * len(groups)))
-    for index, (values, members) in enumerate(groups):
+    for index, (title, members) in enumerate(groups):
         conditions = sorted(group_rows(members, CONDITION_KEYS).items(),
                             key=lambda item: (item[0][0] != "mlp", item[0][0], item[0][1]))
         labels = [f"{model}\n{'shuffled' if shuffled else 'true'} labels"
                   for (model, shuffled), _ in conditions]
-        title = results.group_label(shown, [values[keys.index(k)] for k in shown])
-        for column, metric in enumerate((metrics.TEST_BEST_ACC, metrics.ALIGN_REP)):
+        for column, metric in enumerate((contract.TEST_BEST_ACC, contract.ALIGN_REP)):
             axis = axes[index][column]
             summaries = [summarize(r.get(metric) for r in group) for _, group in conditions]
             axis.bar(range(len(conditions)), [s.mean if s else math.nan for s in summaries],
@@ -329,8 +326,8 @@ def _fig5(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
                      color=[plt.get_cmap("tab10")(i % 10) for i in range(len(conditions))])
             axis.set_xticks(range(len(conditions)), labels, fontsize=8)
             axis.set(title=f"{title}\n{metric}", ylabel=metric)
-            if metric == metrics.TEST_BEST_ACC:
-                axis.axhline(claims.chance(members[0]["dataset"]), color="gray", linestyle=":",
+            if metric == contract.TEST_BEST_ACC:
+                axis.axhline(chance(members[0]["dataset"]), color="gray", linestyle=":",
                              linewidth=1)
     return _save(figure, out_dir, "fig5_conditions.png", "Architectures and label conditions",
                  "Best test accuracy and final representation alignment per architecture and "

@@ -1,4 +1,4 @@
-"""Reading YAML (trial config files, sweep specs, ``--set`` values) with precise errors.
+"""Reading the YAML users write (trial config files, sweep specs, ``--set`` values), with precise errors.
 
 One loader for every YAML the user writes: ``1e-3`` reads as a float, and a key written
 twice in one mapping is reported instead of silently keeping the last one.
@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from workers.config import TrialConfig, parse_set_option
+from workers.config import TrialConfig
 from workers.errors import ConfigError
 
 
@@ -99,7 +99,20 @@ def parse_yaml_value(text: str) -> Any:
         return text
 
 
-def read_yaml_mapping(path: str | Path, what: str = "file") -> dict[str, Any]:
+def parse_set_option(assignment: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` from ``--set``; VALUE is read as YAML (``10`` -> int, ``1e-3`` ->
+    float, ``null`` -> None); text that is not YAML stays a string.
+
+    Raises:
+        ConfigError: when there is no ``=``.
+    """
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"--set expects KEY=VALUE, got {assignment!r}"], source="--set")
+    return key.strip(), parse_yaml_value(raw)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file (an empty file is an empty mapping).
 
     Raises:
@@ -119,7 +132,7 @@ def read_yaml_mapping(path: str | Path, what: str = "file") -> dict[str, Any]:
 
 def load_trial_config(path: str | Path | None, assignments: Iterable[str] = ()) -> TrialConfig:
     """Trial config from an optional YAML file of trial keys, overridden by ``KEY=VALUE``s."""
-    values: dict[str, Any] = read_yaml_mapping(path, "trial config file") if path else {}
+    values: dict[str, Any] = read_yaml_mapping(path) if path else {}
     for assignment in assignments:
         key, value = parse_set_option(assignment)
         values[key] = value

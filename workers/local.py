@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from workers import metrics
+from workers import contract
 from workers.config import TrialConfig
 from workers.errors import XmemError
 from workers.trial import EpochRecord, Trial
@@ -17,12 +17,12 @@ from workers.trial import EpochRecord, Trial
 def format_record(record: EpochRecord) -> str:
     """One human-readable line per evaluated epoch."""
     m = record.metrics
-    line = (f"epoch {record.epoch:5d} | train loss {m[metrics.TRAIN_LOSS]:.4g} acc {m[metrics.TRAIN_ACC]:6.1%}"
-            f" | test loss {m[metrics.TEST_LOSS]:.4g} acc {m[metrics.TEST_ACC]:6.1%}"
-            f" (best {m[metrics.TEST_BEST_ACC]:6.1%})")
-    if metrics.ALIGN_GRAD in m or metrics.ALIGN_REP in m:
-        grad = m.get(metrics.ALIGN_GRAD)
-        rep = m.get(metrics.ALIGN_REP)
+    line = (f"epoch {record.epoch:5d} | train loss {m[contract.TRAIN_LOSS]:.4g} acc {m[contract.TRAIN_ACC]:6.1%}"
+            f" | test loss {m[contract.TEST_LOSS]:.4g} acc {m[contract.TEST_ACC]:6.1%}"
+            f" (best {m[contract.TEST_BEST_ACC]:6.1%})")
+    if contract.ALIGN_GRAD in m or contract.ALIGN_REP in m:
+        grad = m.get(contract.ALIGN_GRAD)
+        rep = m.get(contract.ALIGN_REP)
         line += (f" | align grad {'-' if grad is None else f'{grad:.3f}'}"
                  f" rep {'-' if rep is None else f'{rep:.3f}'}")
     return line

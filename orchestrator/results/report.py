@@ -4,7 +4,7 @@ self-contained HTML page, also logged to the sweep's parent MLflow run.
 What ``write_report`` leaves in ``out_dir`` (and under ``report/`` in the parent run)::
 
     report.html              figures embedded (base64 PNG), claims table, trial table
-    fig*.png                 the figures of orchestrator.figures
+    fig*.png                 the figures of orchestrator.results.figures
     claims.parquet           the claims table (claim, statement, scope, evidence, verdict)
     results.parquet          the trials table the figures and claims were computed from
     history.parquet          the history table (one row per trial and evaluated epoch)
@@ -26,19 +26,20 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator import claims, results
-from orchestrator.claims import ClaimCheck
-from orchestrator.sweep import DEFAULT_STORAGE
-from workers import metrics
+from orchestrator.results import claims, grouping, tables
+from orchestrator.results.claims import ClaimCheck
+from orchestrator.settings import default_report_dir, tracking_uri_for
+from orchestrator.text import format_metric, format_value
+from workers import contract
+from workers.contract import REPORT_ARTIFACT_DIR
 from workers.errors import XmemError
 
-REPORT_ARTIFACT_DIR = "report"
 HTML_FILE = "report.html"
 CLAIMS_FILE = "claims.parquet"
 RESULTS_FILE = "results.parquet"
 HISTORY_FILE = "history.parquet"
-TABLE_METRICS = (metrics.TRAIN_ACC, metrics.TEST_ACC, metrics.TEST_BEST_ACC, metrics.ALIGN_GRAD,
-                 metrics.ALIGN_REP)
+TABLE_METRICS = (contract.TRAIN_ACC, contract.TEST_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD,
+                 contract.ALIGN_REP)
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,6 @@ class Report:
     tracking_uri: str
 
 
-def default_out_dir(sweep: str) -> Path:
-    """./xmem-runs/reports/<sweep>: beside the default sweep storage."""
-    return Path(DEFAULT_STORAGE) / "reports" / sweep
-
-
 def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri: str | None = None,
                  store: str | None = None, echo: Callable[[str], None] = print) -> Report:
     """Read the sweep, draw its figures, check the claims, write ``out_dir`` and log it to the
@@ -67,14 +63,15 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
         XmemError: ``out_dir`` cannot be written (checked first), no such sweep (listing the
             ones that exist), no store, server trouble.
     """
-    from orchestrator import figures  # matplotlib: only when drawing
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.results import figures  # matplotlib: only when drawing
+    from orchestrator.tracking.server import open_tracking
+    from orchestrator.tracking.writer import SweepTracker
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir(sweep)
+    out = Path(out_dir) if out_dir is not None else default_report_dir(sweep)
     check_out_dir(out)
-    with results.open_tracking(tracking_uri, store) as uri:
+    with open_tracking(tracking_uri, store) as uri:
         tracker = SweepTracker(uri, sweep)
-        loaded = results.load_results(tracker, with_history=True)
+        loaded = tables.load_results(tracker, with_history=True)
         parent_run_id = tracker.find_parent_run_id()
         out.mkdir(parents=True, exist_ok=True)
         pq.write_table(loaded.trials, out / RESULTS_FILE)
@@ -82,7 +79,7 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
         checks = claims.check_claims(loaded.trials, loaded.history)
         pq.write_table(claims.claims_table(checks), out / CLAIMS_FILE)
         drawn = figures.draw_figures(loaded.trials, loaded.history, out)
-        given, root = results.tracking_uri_for(tracking_uri, store)
+        given, root = tracking_uri_for(tracking_uri, store)
         source = given or f"the store {root}"   # not the port of a server gone after this
         (out / HTML_FILE).write_text(render_html(sweep, source, loaded.trials, checks, drawn),
                                      encoding="utf-8")
@@ -145,9 +142,9 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
     rows = trials.to_pylist()
     counts: dict[str, int] = {}
     for row in rows:
-        counts[row[results.STATUS]] = counts.get(row[results.STATUS], 0) + 1
+        counts[row[tables.STATUS]] = counts.get(row[tables.STATUS], 0) + 1
     status_text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    left_out = len(rows) - len(results.result_rows(trials))
+    left_out = len(rows) - len(grouping.result_rows(trials))
     generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
@@ -186,21 +183,20 @@ def _claims_html(checks: Sequence[ClaimCheck]) -> str:
 
 def _trials_html(trials: pa.Table) -> str:
     rows = trials.to_pylist()
-    keys = results.varying_keys(rows)
+    keys = grouping.varying_keys(rows)
     names = [m for m in TABLE_METRICS if m in trials.column_names]
     header = ["trial", *keys, "status", "attempts", "epochs done", *names, "run id"]
     body = []
     for row in rows:
-        cells = [f"<td>{_e(row[results.NAME])}</td>"]
-        cells += [f"<td>{_e(results.format_value(row.get(k)))}</td>" for k in keys]
-        cells += [f"<td>{_e(row[results.STATUS])}</td>",
-                  f"<td class='num'>{_e(results.format_value(row.get(results.ATTEMPTS)))}</td>",
-                  f"<td class='num'>{_e(results.format_value(row.get(results.EPOCHS_DONE)))}</td>"]
+        cells = [f"<td>{_e(row[tables.NAME])}</td>"]
+        cells += [f"<td>{_e(format_value(row.get(k)))}</td>" for k in keys]
+        cells += [f"<td>{_e(row[tables.STATUS])}</td>",
+                  f"<td class='num'>{_e(format_value(row.get(tables.ATTEMPTS)))}</td>",
+                  f"<td class='num'>{_e(format_value(row.get(tables.EPOCHS_DONE)))}</td>"]
         for name in names:
             value = row.get(name)
-            text = "-" if value is None else (f"{value:.1%}" if "acc" in name else f"{value:.3f}")
-            cells.append(f"<td class='num'>{_e(text)}</td>")
-        cells.append(f"<td><code>{_e(row[results.RUN_ID])}</code></td>")
+            cells.append(f"<td class='num'>{_e(format_metric(name, value))}</td>")
+        cells.append(f"<td><code>{_e(row[tables.RUN_ID])}</code></td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     return f"<table class='trials'><tr>{head}</tr>{''.join(body)}</table>"

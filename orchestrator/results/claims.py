@@ -2,7 +2,7 @@
 own numbers: each claim the sweep's trials can test gets PASS or FAIL with the numbers it
 rests on; the others say why they are not testable here.
 
-Input: the results tables of ``orchestrator.results`` (``trials``; ``history`` for the claims
+Input: the results tables of ``orchestrator.results.tables`` (``trials``; ``history`` for the claims
 about initialization, epoch 0). Only finished and diverged trials count; seeds (and data
 seeds) are replicates: a claim compares their means, and shows mean ± sample std (n).
 
@@ -21,7 +21,7 @@ The claims are qualitative; these are the thresholds that turn them into checks:
 Claims 1, 2, 4, 5 and 6 are about the 2-layer MLP at temperature 1 on true labels: other
 trials do not enter them. Claim 3 pools every trial, as the paper's Fig. 1b pools datasets
 and sigmas. Within those, trials that differ in other varying keys (dataset, loss, lr, ...)
-are checked group by group (``results.panel_keys``), one row per group.
+are checked group by group (``grouping.panel_keys``), one row per group.
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from orchestrator import results
-from orchestrator.results import Summary, by_sigma, group_rows, summarize
-from workers import metrics
-from workers.run_tags import STATUS_DIVERGED
+from orchestrator.results import grouping, tables
+from orchestrator.results.grouping import (Summary, alignment_correlation, by_sigma, chance,
+                                           condition_groups, finite, group_rows, spearman,
+                                           summarize)
+from workers import contract
+from workers.contract import STATUS_DIVERGED
+from workers.datasets import FACTS
 
 PASS, FAIL, NOT_TESTABLE = "PASS", "FAIL", "not testable here"
 
@@ -54,12 +57,8 @@ UNCORRELATED_FROM_SIGMA = 0.1
 LARGE_SIGMA = 1.0          # claim 8: "large sigma"
 PAPER_LR = 0.01
 
-# Classes (as workers.data.arrays.NUM_CLASSES, which is not imported here: it pulls in torch;
-# a test checks they agree) and full test-set sizes (a trial without test_size uses all).
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
-TEST_SET_SIZE = {"cifar10": 10_000, "cifar100": 10_000, "svhn": 26_032, "digits": 599}
 # Claim 6's numbers (||x|| about 55) hold for 32x32x3 images: d = 3072.
-IMAGE_32X32X3 = ("cifar10", "cifar100", "svhn")
+IMAGE_32X32X3 = tuple(name for name, facts in FACTS.items() if facts.image_shape == (32, 32, 3))
 
 STATEMENTS = {
     "1": "sin: small sigma generalizes; at large sigma train accuracy stays 100% and test "
@@ -100,8 +99,8 @@ class ClaimCheck:
 def check_claims(trials: pa.Table, history: pa.Table | None = None) -> list[ClaimCheck]:
     """Every claim, in NOTES.md order: one row per group of trials it was checked on, or one
     "not testable here" row saying what the sweep lacks."""
-    rows = results.result_rows(trials)
-    epoch0 = _epoch0(history, {row[results.TRIAL_ID] for row in rows})
+    rows = grouping.result_rows(trials)
+    epoch0 = _epoch0(history, {row[tables.TRIAL_ID] for row in rows})
     checks: list[ClaimCheck] = []
     for claim, check in (("1", _claim1), ("2", _claim2), ("3", _claim3), ("4a", _claim4a),
                          ("4b", _claim4b), ("4c", _claim4c), ("5", _claim5), ("6", _claim6),
@@ -121,52 +120,18 @@ def claims_table(checks: Sequence[ClaimCheck]) -> pa.Table:
 
 # --- shared definitions ---------------------------------------------------------------------
 
-def chance(dataset: str) -> float:
-    return 1.0 / NUM_CLASSES[dataset]
-
-
 def at_chance_bound(row: Mapping[str, Any]) -> float:
     """The highest final test accuracy that still counts as chance for ``row``'s test set."""
     p = chance(row["dataset"])
-    n = row.get("test_size") or TEST_SET_SIZE[row["dataset"]]
+    n = row.get("test_size") or FACTS[row["dataset"]].test_size
     return p + max(CHANCE_MARGIN, CHANCE_STANDARD_ERRORS * math.sqrt(p * (1 - p) / n))
-
-
-def spearman(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
-    """(Spearman's rho, two-sided p) over the pairs where both are finite; None when fewer
-    than 3 pairs remain or either side is constant (rho undefined)."""
-    pairs = [(x, y) for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
-    if len(pairs) < 3 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
-        return None
-    from scipy.stats import spearmanr
-
-    result = spearmanr([x for x, _ in pairs], [y for _, y in pairs])
-    return float(result.statistic), float(result.pvalue)
-
-
-def alignment_correlation(rows: Sequence[Mapping[str, Any]]
-                          ) -> tuple[tuple[float, float, int] | None,
-                                     dict[str, tuple[float, float, int] | None]]:
-    """Spearman's rho of best test accuracy against final gradient alignment: over all
-    ``rows`` and per dataset, each (rho, p, number of trials) or None where undefined.
-    Claim 3 and figure 4 both use it."""
-    def rho(members: Sequence[Mapping[str, Any]]) -> tuple[float, float, int] | None:
-        usable = [r for r in members if _finite(r.get(metrics.ALIGN_GRAD))
-                  and _finite(r.get(metrics.TEST_BEST_ACC))]
-        found = spearman([r[metrics.ALIGN_GRAD] for r in usable],
-                         [r[metrics.TEST_BEST_ACC] for r in usable])
-        return None if found is None else (found[0], found[1], len(usable))
-
-    per_dataset = {dataset: rho(members)
-                   for (dataset,), members in group_rows(rows, ["dataset"]).items()}
-    return rho(rows), per_dataset
 
 
 def baseline_rows(rows: Sequence[Mapping[str, Any]], **where: Any) -> list[Mapping[str, Any]]:
     """The MLP at temperature 1 on true labels (what claims 1-6 are about), with sigma set,
     and matching ``where``."""
     return [r for r in rows if r.get("model") == "mlp" and r.get("temperature") == 1.0
-            and r.get("shuffle_labels") is False and r.get(results.SIGMA) is not None
+            and r.get("shuffle_labels") is False and r.get(grouping.SIGMA) is not None
             and all(r.get(k) == v for k, v in where.items())]
 
 
@@ -174,10 +139,10 @@ def sigma_groups(rows: Sequence[Mapping[str, Any]]
                  ) -> list[tuple[str, list[Mapping[str, Any]]]]:
     """``rows`` split by the keys besides sigma and seed that vary among them; each group
     labelled with its dataset and those keys."""
-    keys = results.panel_keys(rows)
+    keys = grouping.panel_keys(rows)
     if "dataset" not in keys:
         keys = ["dataset"] + keys
-    return [(results.group_label(keys, values), members)
+    return [(grouping.group_label(keys, values), members)
             for values, members in group_rows(rows, keys).items()]
 
 
@@ -185,17 +150,13 @@ def _epoch0(history: pa.Table | None, trial_ids: set[str]) -> dict[str, dict[str
     """trial_id -> its history row at epoch 0, or None when no history was read."""
     if history is None:
         return None
-    return {row[results.TRIAL_ID]: row for row in history.to_pylist()
-            if row[metrics.EPOCH] == 0 and row[results.TRIAL_ID] in trial_ids}
+    return {row[tables.TRIAL_ID]: row for row in history.to_pylist()
+            if row[contract.EPOCH] == 0 and row[tables.TRIAL_ID] in trial_ids}
 
 
 def _at_init(members, epoch0: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The trials of ``members`` with their metrics at epoch 0 instead of their last ones."""
-    return [{**r, **epoch0[r[results.TRIAL_ID]]} for r in members if r[results.TRIAL_ID] in epoch0]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return [{**r, **epoch0[r[tables.TRIAL_ID]]} for r in members if r[tables.TRIAL_ID] in epoch0]
 
 
 def _sigma(value: float) -> str:
@@ -227,7 +188,7 @@ def _verdict(ok: bool) -> str:
 
 
 def _sigmas(rows: Sequence[Mapping[str, Any]]) -> list[float]:
-    return sorted({r[results.SIGMA] for r in rows if r.get(results.SIGMA) is not None})
+    return sorted({r[grouping.SIGMA] for r in rows if r.get(grouping.SIGMA) is not None})
 
 
 # --- the claims -----------------------------------------------------------------------------
@@ -241,12 +202,12 @@ def _claim1(rows, epoch0):
         if len(sigmas) < 2:
             continue
         small, large = sigmas[0], sigmas[-1]
-        best = by_sigma(members, metrics.TEST_BEST_ACC)
-        train = _at(by_sigma(members, metrics.TRAIN_ACC), large)
-        final = _at(by_sigma(members, metrics.TEST_ACC), large)
+        best = by_sigma(members, contract.TEST_BEST_ACC)
+        train = _at(by_sigma(members, contract.TRAIN_ACC), large)
+        final = _at(by_sigma(members, contract.TEST_ACC), large)
         generalizing = _at(best, small)
         level = chance(members[0]["dataset"])
-        bound = max(at_chance_bound(r) for r in members if r[results.SIGMA] == large)
+        bound = max(at_chance_bound(r) for r in members if r[grouping.SIGMA] == large)
         ok = (generalizing is not None and generalizing.mean >= level + WELL_ABOVE_CHANCE
               and train is not None and train.mean >= MEMORIZED
               and final is not None and final.mean <= bound)
@@ -261,8 +222,8 @@ def _claim1(rows, epoch0):
 def _falls(members, metric: str) -> tuple[bool, str]:
     """Whether ``metric`` falls with sigma over ``members``, and the numbers."""
     points = by_sigma(members, metric)
-    usable = [r for r in members if _finite(r.get(metric))]
-    rho = spearman([r[results.SIGMA] for r in usable], [r[metric] for r in usable])
+    usable = [r for r in members if finite(r.get(metric))]
+    rho = spearman([r[grouping.SIGMA] for r in usable], [r[metric] for r in usable])
     if len(points) < 2:
         return False, f"{metric}: not logged at two sigmas"
     ok = points[-1][1].mean < points[0][1].mean and (rho is None or rho[0] <= -MIN_RHO)
@@ -275,8 +236,8 @@ def _claim2(rows, epoch0):
     for scope, members in sigma_groups(baseline_rows(rows, activation="sin")):
         if len(_sigmas(members)) < 2:
             continue
-        grad_ok, grad = _falls(members, metrics.ALIGN_GRAD)
-        rep_ok, rep = _falls(members, metrics.ALIGN_REP)
+        grad_ok, grad = _falls(members, contract.ALIGN_GRAD)
+        rep_ok, rep = _falls(members, contract.ALIGN_REP)
         found.append((scope, f"{grad}; {rep}", _verdict(grad_ok and rep_ok)))
     return found or _not_testable("needs sin MLP trials (temperature 1, true labels) at two "
                                   "or more sigmas, with alignment logged")
@@ -298,7 +259,7 @@ def _claim3(rows, epoch0):
 
 def _drop(members) -> tuple[list[tuple[float, Summary]], float | None]:
     """Best test accuracy by sigma, and its drop from the smallest to the largest sigma."""
-    best = by_sigma(members, metrics.TEST_BEST_ACC)
+    best = by_sigma(members, contract.TEST_BEST_ACC)
     if len(best) < 2:
         return best, None
     return best, best[0][1].mean - best[-1][1].mean
@@ -337,7 +298,7 @@ def _claim4b(rows, epoch0):
         return _not_testable("needs ReLU and sin MLP trials with cross-entropy (temperature 1, "
                              "true labels) at two or more sigmas")
     # Pair the groups that differ only in the activation.
-    keys = [k for k in results.panel_keys(relu + sin) if k != "activation"]
+    keys = [k for k in grouping.panel_keys(relu + sin) if k != "activation"]
     keys = keys if "dataset" in keys else ["dataset"] + keys
     sin_groups = group_rows(sin, keys)
     for values, members in group_rows(relu, keys).items():
@@ -347,9 +308,9 @@ def _claim4b(rows, epoch0):
         common = sorted(set(_sigmas(members)) & set(_sigmas(partner)))
         if len(common) < 2:
             continue
-        _, relu_drop = _drop([r for r in members if r[results.SIGMA] in common])
-        _, sin_drop = _drop([r for r in partner if r[results.SIGMA] in common])
-        found.append((results.group_label(keys, values),
+        _, relu_drop = _drop([r for r in members if r[grouping.SIGMA] in common])
+        _, sin_drop = _drop([r for r in partner if r[grouping.SIGMA] in common])
+        found.append((grouping.group_label(keys, values),
                       f"best-test drop from {_sigma(common[0])} to {_sigma(common[-1])}: ReLU "
                       f"{relu_drop * 100:.1f} points, sin {sin_drop * 100:.1f} points",
                       _verdict(relu_drop < sin_drop)))
@@ -378,15 +339,15 @@ def _claim5(rows, epoch0):
     for scope, members in sigma_groups(baseline_rows(rows, activation="relu",
                                                      loss="cross_entropy")):
         at_init = _at_init(members, epoch0)
-        rep = by_sigma(at_init, metrics.ALIGN_REP)
-        logits = by_sigma(at_init, metrics.ALIGN_GRAD_LOGITS)
+        rep = by_sigma(at_init, contract.ALIGN_REP)
+        logits = by_sigma(at_init, contract.ALIGN_GRAD_LOGITS)
         if len(rep) < 2 or len(logits) < 2:
             continue
         rep_range = max(s.mean for _, s in rep) - min(s.mean for _, s in rep)
         ok = (rep_range <= SAME_ALIGNMENT and logits[0][1].mean >= LOGIT_ALIGNMENT_TINY
               and logits[-1][1].mean <= LOGIT_ALIGNMENT_SATURATED)
-        found.append((scope, f"at epoch 0: {metrics.ALIGN_REP} {_series(rep, _num)} (range "
-                      f"{rep_range:.3f}, needs <= {SAME_ALIGNMENT}); {metrics.ALIGN_GRAD_LOGITS} "
+        found.append((scope, f"at epoch 0: {contract.ALIGN_REP} {_series(rep, _num)} (range "
+                      f"{rep_range:.3f}, needs <= {SAME_ALIGNMENT}); {contract.ALIGN_GRAD_LOGITS} "
                       f"{_series(logits, _num)} (needs >= {LOGIT_ALIGNMENT_TINY} at the smallest "
                       f"sigma, <= {LOGIT_ALIGNMENT_SATURATED} at the largest)", _verdict(ok)))
     return found or _not_testable("needs ReLU + cross-entropy MLP trials (temperature 1, true "
@@ -401,12 +362,12 @@ def _claim6(rows, epoch0):
     found = []
     for scope, members in sigma_groups([r for r in sin if r["dataset"] in IMAGE_32X32X3]):
         at_init = _at_init(members, epoch0)
-        rep = by_sigma(at_init, metrics.ALIGN_REP)
+        rep = by_sigma(at_init, contract.ALIGN_REP)
         large = [(s, summary) for s, summary in rep if s >= UNCORRELATED_FROM_SIGMA]
         if not large:
             continue
         ok = all(abs(summary.mean) <= UNCORRELATED for _, summary in large)
-        found.append((scope, f"{metrics.ALIGN_REP} at epoch 0: {_series(rep, _num)} (needs "
+        found.append((scope, f"{contract.ALIGN_REP} at epoch 0: {_series(rep, _num)} (needs "
                       f"|value| <= {UNCORRELATED} for σ >= {UNCORRELATED_FROM_SIGMA:g})",
                       _verdict(ok)))
     if found:
@@ -421,14 +382,11 @@ def _claim6(rows, epoch0):
 def _pairs(rows, key: str, a: Any, b: Any):
     """Groups of trials identical but for ``key`` (a vs b) and the replicate keys:
     [(scope, trials with a, trials with b)]."""
-    keys = [k for k in results.CONFIG_KEYS if k != key and k not in results.REPLICATE_KEYS]
     found = []
-    for values, members in group_rows(rows, keys).items():
+    for label, members in condition_groups(rows, [key]):
         with_a = [r for r in members if r.get(key) == a]
         with_b = [r for r in members if r.get(key) == b]
         if with_a and with_b:
-            shown = [k for k in results.varying_keys(rows) if k in keys] or ["dataset"]
-            label = results.group_label(shown, [values[keys.index(k)] for k in shown])
             found.append((label, with_a, with_b))
     return found
 
@@ -437,12 +395,12 @@ def _claim7a(rows, epoch0):
     found = []
     true_labels = [r for r in rows if r.get("shuffle_labels") is False]
     for scope, mlp, convnet in _pairs(true_labels, "model", "mlp", "convnet"):
-        accuracy = [summarize(r.get(metrics.TEST_BEST_ACC) for r in g) for g in (mlp, convnet)]
-        alignment = [summarize(r.get(metrics.ALIGN_REP) for r in g) for g in (mlp, convnet)]
+        accuracy = [summarize(r.get(contract.TEST_BEST_ACC) for r in g) for g in (mlp, convnet)]
+        alignment = [summarize(r.get(contract.ALIGN_REP) for r in g) for g in (mlp, convnet)]
         ok = (None not in accuracy and None not in alignment
               and accuracy[1].mean > accuracy[0].mean and alignment[1].mean > alignment[0].mean)
         found.append((scope, f"best test: MLP {_pct(accuracy[0])}, ConvNet {_pct(accuracy[1])}; "
-                      f"{metrics.ALIGN_REP}: MLP {_num(alignment[0])}, ConvNet "
+                      f"{contract.ALIGN_REP}: MLP {_num(alignment[0])}, ConvNet "
                       f"{_num(alignment[1])}", _verdict(ok)))
     return found or _not_testable("needs MLP and ConvNet trials on true labels with otherwise "
                                   "identical config")
@@ -451,14 +409,14 @@ def _claim7a(rows, epoch0):
 def _claim7b(rows, epoch0):
     found = []
     for scope, true_labels, shuffled in _pairs(rows, "shuffle_labels", False, True):
-        final = summarize(r.get(metrics.TEST_ACC) for r in shuffled)
-        alignment = [summarize(r.get(metrics.ALIGN_REP) for r in g) for g in (true_labels, shuffled)]
+        final = summarize(r.get(contract.TEST_ACC) for r in shuffled)
+        alignment = [summarize(r.get(contract.ALIGN_REP) for r in g) for g in (true_labels, shuffled)]
         bound = max(at_chance_bound(r) for r in shuffled)
         ok = (final is not None and final.mean <= bound and None not in alignment
               and alignment[1].mean < alignment[0].mean)
         found.append((scope, f"shuffled labels: final test {_pct(final)} (chance "
                       f"{chance(shuffled[0]['dataset']):.0%}, counts as chance up to "
-                      f"{bound:.1%}); {metrics.ALIGN_REP}: true labels {_num(alignment[0])}, "
+                      f"{bound:.1%}); {contract.ALIGN_REP}: true labels {_num(alignment[0])}, "
                       f"shuffled {_num(alignment[1])}", _verdict(ok)))
     return found or _not_testable("needs trials with true and shuffled labels, otherwise "
                                   "identical")
@@ -466,16 +424,16 @@ def _claim7b(rows, epoch0):
 
 def _claim8(rows, epoch0):
     squared = [r for r in rows if r.get("activation") == "relu" and r.get("loss") == "squared"
-               and r.get("lr") == PAPER_LR and (r.get(results.SIGMA) or 0) >= LARGE_SIGMA]
+               and r.get("lr") == PAPER_LR and (r.get(grouping.SIGMA) or 0) >= LARGE_SIGMA]
     if not squared:
         return _not_testable(f"needs ReLU + squared-loss trials at lr {PAPER_LR:g} with σ >= "
                              f"{LARGE_SIGMA:g}")
     found = []
     for scope, members in sigma_groups(squared):
         counts = []
-        for (sigma,), at_sigma in sorted(group_rows(members, [results.SIGMA]).items()):
-            diverged = sum(r[results.STATUS] == STATUS_DIVERGED for r in at_sigma)
+        for (sigma,), at_sigma in sorted(group_rows(members, [grouping.SIGMA]).items()):
+            diverged = sum(r[tables.STATUS] == STATUS_DIVERGED for r in at_sigma)
             counts.append(f"{_sigma(sigma)}: {diverged}/{len(at_sigma)} diverged")
-        any_diverged = any(r[results.STATUS] == STATUS_DIVERGED for r in members)
+        any_diverged = any(r[tables.STATUS] == STATUS_DIVERGED for r in members)
         found.append((scope, "; ".join(counts), _verdict(any_diverged)))
     return found

@@ -1,0 +1,106 @@
+"""The resume decision: what running (or rerunning) a sweep does with each trial.
+
+For every trial of the spec, in this order (the first rule that applies wins):
+
+1. **new**      - no MLflow run has its trial id: run it from scratch in a new run.
+2. **skip**     - its run ended FINISHED with status finished or diverged: keep it, run nothing.
+                  (A diverged trial is a result, never retried.)
+3. **restart**  - ``--restart-failed`` was given and its run failed: start from epoch 0 in the
+                  same run (steps already logged are not logged again).
+4. **resume**   - a checkpoint of it exists in the sweep's storage: continue from the latest.
+5. **restart**  - otherwise (scheduled, interrupted or failed without a checkpoint): start from
+                  epoch 0 in the same run.
+
+Runs whose trial id is no longer in the spec (its ``defaults`` changed, or grid points were
+removed) are left alone and reported: their results are never mixed with the new trials'.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from orchestrator.expand import TrialPoint
+from orchestrator.tracking.records import TrialRecord
+from workers.contract import RESULT_STATUSES, STATUS_FAILED, TAG_STATUS
+
+
+class Action(str, enum.Enum):
+    NEW = "new"
+    SKIP = "skip"
+    RESUME = "resume"
+    RESTART = "restart"
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """What the tracker and the storage know about one trial."""
+
+    run_status: str | None = None    # MLflow run status (FINISHED, FAILED, RUNNING, SCHEDULED, ...); None = no run
+    xmem_status: str | None = None   # the run's xmem.status tag
+    checkpoint: str | None = None    # latest checkpoint folder, if any
+
+
+def decide(state: TrialState, restart_failed: bool = False) -> Action:
+    """The action for one trial; see the module docstring for the order."""
+    if state.run_status is None:
+        return Action.NEW
+    if state.run_status == "FINISHED" and state.xmem_status in RESULT_STATUSES:
+        return Action.SKIP
+    failed = state.run_status == "FAILED" or state.xmem_status == STATUS_FAILED
+    if restart_failed and failed:
+        return Action.RESTART
+    if state.checkpoint is not None:
+        return Action.RESUME
+    return Action.RESTART
+
+
+@dataclass
+class SweepPlan:
+    """What this invocation does with each trial."""
+
+    actions: dict[str, Action]           # trial id -> action
+    to_run: list[TrialPoint]             # every trial not skipped, in spec order
+    checkpoints: dict[str, str]          # trial id -> checkpoint to resume from (RESUME only)
+    stale_runs: list[str]                # names of runs whose trial id is not in the spec
+
+    def describe(self) -> list[str]:
+        """What the console says before the trials start (nothing for a new sweep)."""
+        counts = {action: sum(a == action for a in self.actions.values()) for action in Action}
+        if counts[Action.NEW] == len(self.actions):
+            lines = []
+        else:
+            lines = [f"resuming: {counts[Action.SKIP]} finished (kept), {counts[Action.RESUME]} resumed "
+                     f"from checkpoints, {counts[Action.RESTART]} restarted, {counts[Action.NEW]} new"]
+        if self.stale_runs:
+            shown = ", ".join(self.stale_runs[:5]) + (" ..." if len(self.stale_runs) > 5 else "")
+            lines.append(f"note: {len(self.stale_runs)} run(s) in this experiment belong to trial configs "
+                         f"that are no longer in the spec ({shown}); the spec's defaults or grid changed, "
+                         "so those trials have new ids: the old runs are kept and not mixed with the new ones")
+        return lines
+
+    @property
+    def restarting(self) -> set[str]:
+        """The trials that start over (their old checkpoints must go)."""
+        return {tid for tid, action in self.actions.items() if action is Action.RESTART}
+
+
+def plan_sweep(trials: Sequence[TrialPoint], runs: Mapping[str, TrialRecord],
+               checkpoints: Mapping[str, str], restart_failed: bool) -> SweepPlan:
+    """Apply ``decide`` to every trial, given the sweep's runs and latest checkpoints by
+    trial id."""
+    actions: dict[str, Action] = {}
+    for trial in trials:
+        run = runs.get(trial.trial_id)
+        state = TrialState(run_status=run.run_status if run else None,
+                           xmem_status=run.tags.get(TAG_STATUS) if run else None,
+                           checkpoint=checkpoints.get(trial.trial_id))
+        actions[trial.trial_id] = decide(state, restart_failed)
+    ids = set(actions)
+    return SweepPlan(
+        actions=actions,
+        to_run=[t for t in trials if actions[t.trial_id] is not Action.SKIP],
+        checkpoints={tid: checkpoints[tid] for tid, a in actions.items() if a is Action.RESUME},
+        stale_runs=sorted(run.name for tid, run in runs.items() if tid not in ids),
+    )

@@ -1,0 +1,258 @@
+"""``xmem sweep``: validate a spec, then run its trials on Ray Tune, tracked in MLflow.
+
+``run_sweep`` is a few named steps, in an order that keeps "nothing half created":
+
+1. **load**: read and validate the spec, expand its trials (any problem: ConfigError, nothing
+   made); a dry run prints the trial table and stops here;
+2. **services**: resolve address / tracking URI / storage (flag > environment > spec >
+   default), start an embedded MLflow server when there is no tracking URI, and Ray (the two
+   start-ups overlap);
+3. **plan**: create or find the experiment and the parent run, decide what to do with every
+   trial (``orchestrator.plan``), and create or find one child run per trial;
+4. **launch**: run the trials on Tune (workers log their own metrics and artifacts);
+5. **reconcile**: end FAILED the runs of trials whose workers died without a word;
+6. **summarize**: read the runs back, end the parent run, print the results table and where
+   to look next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from orchestrator.expand import TrialPoint, expand_trials, shown_keys
+from orchestrator.plan import SweepPlan, plan_sweep
+from orchestrator.progress import (RESULTS_TABLE_METRICS, SweepProgress, format_results_table,
+                                   format_trial_table)
+from orchestrator.settings import SweepSettings, local_mlflow_root, resolve_settings
+from orchestrator.spec import SweepSpec, load_spec
+from orchestrator.text import format_seconds
+from orchestrator.tracking.records import TrialRecord
+from workers.config import TrialConfig
+from workers.contract import STATUS_FAILED, TAG_SPEC_PATH, TAG_STORAGE, TrialPayload
+from workers.errors import XmemError
+
+if TYPE_CHECKING:  # heavy modules, imported by the steps that need them
+    from orchestrator.tracking.server import LocalTrackingServer
+    from orchestrator.tracking.writer import SweepTracker
+    from orchestrator.tune_runner import ClusterInfo
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    trials: list[TrialPoint]
+    rows: list[dict[str, Any]]
+    tracking_uri: str
+    experiment_url: str
+    timings: dict[str, float]
+
+
+@dataclass
+class _Services:
+    """What the services step started or joined (stop them with ``stop``)."""
+
+    cluster: "ClusterInfo"
+    server: "LocalTrackingServer | None"
+    uri: str
+
+    def stop(self) -> None:
+        from orchestrator import tune_runner
+
+        tune_runner.disconnect()
+        if self.server is not None:
+            self.server.stop()
+
+
+def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str | None = None,
+              storage: str | None = None, dry_run: bool = False, restart_failed: bool = False,
+              store: str | None = None, echo: Callable[[str], None] = print,
+              live: bool = False) -> SweepOutcome | None:
+    """Run (or, with ``dry_run``, only show) the sweep in ``spec_path``. See the module doc.
+
+    Rerunning a sweep that exists in the tracking server resumes it (``orchestrator.plan``):
+    finished trials are kept, interrupted or failed ones continue from their latest
+    checkpoint (``restart_failed``: failed ones start over), new grid points run.
+
+    ``store``: the folder of the embedded MLflow server when there is no tracking URI
+    (default ``<storage>/mlflow``).
+    """
+    started = time.perf_counter()
+    spec = load_spec(spec_path)
+    trials = expand_trials(spec)
+    if dry_run:
+        echo(f"sweep {spec.name}: {len(trials)} trial(s)")
+        echo(format_trial_table(trials))
+        return None
+
+    settings = resolve_settings(spec, address, tracking_uri, storage)
+    timings: dict[str, float] = {}
+    services = _start_services(settings, store, timings, started)
+    try:
+        _check_resources_fit(spec, services.cluster)
+        echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({services.cluster.address}: "
+             f"{services.cluster.cpus:g} CPU, {services.cluster.gpus:g} GPU), tracking {services.uri}"
+             + (" (embedded server)" if services.server else ""))
+        from orchestrator.tracking.writer import SweepTracker
+
+        tracker = SweepTracker(services.uri, spec.name)
+        plan, run_ids = _plan(tracker, spec, spec_path, trials, settings, restart_failed, echo)
+        trials_started = time.perf_counter()
+        errors = _launch(spec, plan, run_ids, services.uri, settings, echo, live)
+        timings["trials_s"] = time.perf_counter() - trials_started
+        runs = _reconcile(tracker, errors)
+        rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
+        failed = sum(row["status"] == STATUS_FAILED for row in rows)
+        tracker.finish_parent_run("FAILED" if failed else "FINISHED")
+        url = tracker.experiment_url()
+    finally:
+        services.stop()
+    timings["total_s"] = time.perf_counter() - started
+    _summarize(spec, spec_path, trials, rows, failed, timings, services.server, url, echo)
+    return SweepOutcome(spec, trials, rows, services.uri, url, timings)
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+def _start_services(settings: SweepSettings, store: str | None, timings: dict[str, float],
+                    started: float) -> _Services:
+    """Join Ray and reach (or start) the tracking server; stop what started on any error."""
+    from orchestrator import tune_runner
+    from orchestrator.tracking import server as tracking_server
+
+    server = None
+    if settings.tracking_uri is not None:
+        tracking_server.check_reachable(settings.tracking_uri)
+    else:
+        # Started first and awaited after Ray is up: the two start-ups overlap. (Started from
+        # this thread: the server dies with the thread that forked it.)
+        root = Path(store) if store else local_mlflow_root(settings.storage)
+        server = tracking_server.start_local_server(root, wait=False)
+    try:
+        cluster = tune_runner.connect(settings.address)
+        timings["ray_start_s"] = cluster.seconds_to_start
+        if server is not None:
+            server.wait_until_ready()
+            timings["mlflow_start_s"] = time.perf_counter() - started
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    return _Services(cluster, server, settings.tracking_uri or server.uri)
+
+
+def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
+          settings: SweepSettings, restart_failed: bool, echo: Callable[[str], None]
+          ) -> tuple[SweepPlan, dict[str, str]]:
+    """The experiment, the parent run, the resume plan, and a run per trial to run:
+    (the plan, trial id -> run id)."""
+    from orchestrator.checkpoints import delete_checkpoints, latest_checkpoints
+
+    tracker.ensure_experiment(spec.description)
+    parent_run_id = tracker.start_parent_run(spec.raw, len(trials))
+    tracker.tag_parent_run({TAG_STORAGE: settings.storage,
+                            TAG_SPEC_PATH: str(Path(spec_path).resolve())})
+    plan = plan_sweep(trials, tracker.trial_runs(),
+                      latest_checkpoints(settings.storage, spec.name), restart_failed)
+    for line in plan.describe():
+        echo(line)
+    if plan.restarting:
+        delete_checkpoints(settings.storage, spec.name, plan.restarting)  # they start over
+    return plan, tracker.create_trial_runs(plan.to_run, parent_run_id)
+
+
+def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str], uri: str,
+            settings: SweepSettings, echo: Callable[[str], None], live: bool) -> dict[str, str]:
+    """Run the plan's trials on Tune with a live progress display: trial id -> error text
+    for each trial that ended in error."""
+    if not plan.to_run:
+        return {}
+    from orchestrator import tune_runner
+
+    payloads = [TrialPayload(trial=worker_config(t.config).to_dict(), trial_id=t.trial_id,
+                             name=t.name, run_id=run_ids[t.trial_id], tracking_uri=uri,
+                             resume_from=plan.checkpoints.get(t.trial_id))
+                for t in plan.to_run]
+    progress = SweepProgress({t.trial_id: t.config.epochs for t in plan.to_run}, echo=echo,
+                             live=live)
+    errors = tune_runner.run_trials(
+        spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
+        gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
+        max_failures=spec.max_failures, events=progress,
+        session=time.strftime("%Y%m%d-%H%M%S"))
+    progress.close()
+    return errors
+
+
+def _reconcile(tracker: "SweepTracker", errors: dict[str, str]) -> dict[str, TrialRecord]:
+    """The trials' runs after the launch, with the runs of workers that died silently
+    (killed, out of memory: their run still RUNNING) ended FAILED with Tune's error."""
+    runs = tracker.trial_runs()
+    died = [(runs[tid].run_id, error) for tid, error in errors.items()
+            if tid in runs and runs[tid].run_status not in ("FINISHED", "FAILED")]
+    for run_id, error in died:
+        tracker.mark_trial_failed(run_id, error)
+    return tracker.trial_runs() if died else runs
+
+
+def _summarize(spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
+               rows: list[dict[str, Any]], failed: int, timings: dict[str, float],
+               server: "LocalTrackingServer | None", url: str,
+               echo: Callable[[str], None]) -> None:
+    """The results table, the timings, and what to do next."""
+    echo("")
+    echo(format_results_table(rows, shown_keys(trials)))
+    echo("")
+    echo(f"{len(trials)} trial(s) in {format_seconds(timings['total_s'])} "
+         f"(Ray start-up {timings['ray_start_s']:.1f} s"
+         + (f", MLflow server ready after {timings['mlflow_start_s']:.1f} s" if server else "") + ")")
+    if failed:
+        echo(f"{failed} trial(s) failed (error.txt in their MLflow runs). Rerun to resume them: "
+             f"xmem sweep {spec_path}  (or add --restart-failed to start them over)")
+    if server is not None:
+        echo(f"Browse the runs: xmem ui --store {server.root}   (MLflow experiment '{spec.name}')")
+    else:
+        echo(f"Browse the runs: {url}")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def worker_config(config: TrialConfig) -> TrialConfig:
+    """The config a worker receives: relative paths made absolute against the driver's working
+    directory (workers run elsewhere); ``~`` is left for each worker to expand in its own home."""
+    def absolute(path: str) -> str:
+        if "://" in path or path.startswith("~") or Path(path).is_absolute():
+            return path
+        return str(Path(path).resolve())
+
+    changes: dict[str, Any] = {"data_dir": absolute(config.data_dir)}
+    if config.data_file:
+        changes["data_file"] = absolute(config.data_file)
+    return dataclasses.replace(config, **changes)
+
+
+def _check_resources_fit(spec: SweepSpec, cluster: "ClusterInfo") -> None:
+    """A trial asking for more than the whole cluster has would wait forever: say so now."""
+    short = [f"{kind} {need:g} (the cluster has {have:g})"
+             for kind, need, have in (("cpu", spec.resources.cpu, cluster.cpus),
+                                      ("gpu", spec.resources.gpu, cluster.gpus)) if need > have]
+    if short:
+        raise XmemError(f"{spec.path}: resources: each trial asks for {' and '.join(short)}; no trial "
+                        "could ever start. Lower resources in the spec, or join a bigger cluster with "
+                        "--address.")
+
+
+def _result_row(trial: TrialPoint, run: TrialRecord | None) -> dict[str, Any]:
+    """One row of the end-of-sweep table from the trial's run."""
+    row: dict[str, Any] = {"name": trial.name, "trial_id": trial.trial_id, **trial.varying}
+    if run is None:
+        row["status"] = None
+        return row
+    row["status"] = run.status
+    row["run_id"] = run.run_id
+    for name in RESULTS_TABLE_METRICS:
+        row[name] = run.last_value(name)
+    return row

@@ -1,0 +1,166 @@
+"""A JSON Schema (draft 2020-12) of sweep spec files, for editors and other tools.
+
+With the schema an editor completes keys, shows each key's documentation and flags unknown
+keys, wrong types and out-of-range values while a spec is written. A spec opts in with a
+comment on its first line, read by the YAML language server (VS Code's YAML extension, and
+other editors using it)::
+
+    # yaml-language-server: $schema=../xmem-spec.schema.json
+
+The YAML language server applies JSON Schema draft-07 (it may warn that 2020-12 is not fully
+supported); the schema uses only keywords draft-07 knows too, so it checks the same there.
+
+The schema is generated with pydantic from the definitions the loader uses, so nothing is
+written twice: the trial keys, their types, choices, ranges, defaults and help text come
+from ``workers.config.TrialConfig``; the spec's keys, name pattern and link separator from
+``orchestrator.spec``. ``xmem schema`` prints or writes it.
+
+The schema checks each key on its own. ``xmem sweep SPEC --dry-run`` remains the full
+check: it also reports what only the expanded sweep shows (duplicate trials, exclude entries
+that match nothing, cross-key rules such as convnet on 8x8 digits), a key written twice in
+one mapping, and the length of each entry of linked grid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import ConfigDict, Field
+
+from orchestrator.spec import (DEFAULT_MAX_FAILURES, LINK_SEPARATOR, NAME_PATTERN,
+                               RESOURCE_KEYS, TOP_LEVEL_KEYS)
+from workers.config import TrialConfig, key_types
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+TITLE = "xmem sweep spec"
+DESCRIPTION = ("A sweep of trials for `xmem sweep`: `defaults` under every point of the "
+               "cartesian `grid`, minus the points an `exclude` entry matches, plus the "
+               "`include` entries. Check a spec in full with: xmem sweep SPEC --dry-run")
+# The first line of a spec that tells the YAML language server which schema to apply.
+SCHEMA_COMMENT_PREFIX = "# yaml-language-server: $schema="
+
+
+def schema_comment(location: str) -> str:
+    """The comment line that links a spec to the schema at ``location``: a path relative to
+    the spec file, an absolute path, or a URL."""
+    return f"{SCHEMA_COMMENT_PREFIX}{location}"
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a sweep spec file (a JSON-compatible dict).
+
+    Raises:
+        RuntimeError: when the models here and ``TOP_LEVEL_KEYS`` / ``RESOURCE_KEYS`` no
+            longer name the same keys (a key added to the loader and not here): a bug.
+    """
+    model = _spec_model()
+    _same_keys(model, TOP_LEVEL_KEYS)
+    schema = model.model_json_schema()
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": TITLE, "description": DESCRIPTION,
+            **{key: value for key, value in schema.items() if key != "title"}}
+
+
+# --- the trial keys: one pydantic field per TrialConfig field ---------------------------
+
+def _trial_value_type(name: str) -> Any:
+    """The type of one trial key's values, constrained by its metadata (choices, range);
+    ``| None`` where the dataclass allows None."""
+    kind, nullable = key_types()[name]
+    meta = {f.name: f.metadata for f in dataclasses.fields(TrialConfig)}[name]
+    if meta["choices"]:
+        value_type: Any = Literal[tuple(meta["choices"])]
+    else:
+        bounds = {}
+        if meta["minimum"] is not None:
+            bounds["gt" if meta["exclusive"] else "ge"] = meta["minimum"]
+        if meta["maximum"] is not None:
+            bounds["le"] = meta["maximum"]
+        if kind is float:
+            bounds["allow_inf_nan"] = False
+        value_type = Annotated[kind, Field(strict=True, **bounds)]
+    return value_type | None if nullable else value_type
+
+
+def _trial_keys_model() -> type[pydantic.BaseModel]:
+    """Every trial key, optional, with its TrialConfig default and help text."""
+    fields = {f.name: (_trial_value_type(f.name),
+                       Field(default=f.default, description=f.metadata["doc"]))
+              for f in dataclasses.fields(TrialConfig)}
+    return pydantic.create_model(
+        "TrialKeys", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+def _grid_model() -> type[pydantic.BaseModel]:
+    """Each trial key -> a non-empty list of its values; linked keys ("sigma,temperature")
+    -> a non-empty list of lists, one value per key (their values are not checked here)."""
+    fields = {f.name: (list[_trial_value_type(f.name)],
+                       Field(default_factory=list, min_length=1,
+                             description=f.metadata["doc"]))
+              for f in dataclasses.fields(TrialConfig)}
+    key = "\\s*(?:" + "|".join(map(re.escape, TrialConfig.keys())) + ")\\s*"
+    separator = re.escape(LINK_SEPARATOR)
+    linked = {f"^{key}(?:{separator}{key})+$": {
+        "description": "Linked keys, varying together: one list of values (one per key, in "
+                       "order) for each step.",
+        "type": "array", "minItems": 1, "items": {"type": "array", "minItems": 2}}}
+    return pydantic.create_model(
+        "Grid", __config__=ConfigDict(extra="forbid", json_schema_extra={
+            "patternProperties": linked}), **fields)
+
+
+# --- the spec ---------------------------------------------------------------------------
+
+def _spec_model() -> type[pydantic.BaseModel]:
+    """One field per top-level key. Sections that may be left empty in YAML (``grid:`` with
+    nothing after it) accept null, as the loader does."""
+    trial_keys = _trial_keys_model()
+    resources = pydantic.create_model(
+        "Resources", __config__=ConfigDict(extra="forbid"),
+        cpu=(float, Field(default=1.0, gt=0, description="CPU cores per trial (> 0).")),
+        gpu=(float, Field(default=0.0, ge=0, description=(
+            "GPUs per trial (>= 0); a fraction shares a GPU, e.g. 0.25 runs 4 trials on "
+            "one."))))
+    _same_keys(resources, RESOURCE_KEYS)
+    not_blank = Annotated[str, Field(pattern=r"\S")]
+    exclude_entry = Annotated[trial_keys, Field(json_schema_extra={"minProperties": 1})]
+    fields = {
+        "name": (Annotated[str, Field(pattern=f"^(?:{NAME_PATTERN.pattern})$")], Field(
+            description="The sweep's name, also its MLflow experiment, Tune run and folder "
+                        "name: letters, digits, '_', '.' and '-', starting with a letter or "
+                        "digit.")),
+        "description": (str | None, Field(None, description=(
+            "Free text, shown in listings and stored with the experiment."))),
+        "defaults": (trial_keys | None, Field(None, description=(
+            "Trial keys set for every trial (grid values and include entries override "
+            "them)."))),
+        "grid": (_grid_model() | None, Field(None, description=(
+            f"Trial key -> list of values, or linked keys joined by '{LINK_SEPARATOR}' -> "
+            "list of lists of values; the trials are the cartesian product, the first key "
+            "varying slowest."))),
+        "exclude": (list[exclude_entry] | None, Field(None, description=(
+            "Grid points matching every key of one entry are dropped."))),
+        "include": (list[trial_keys] | None, Field(None, description=(
+            "Extra trials, each entry merged over `defaults` (not over grid values)."))),
+        "resources": (resources | None, Field(None, description=(
+            "What Ray reserves for each trial; default {cpu: 1, gpu: 0}."))),
+        "max_concurrent": (Annotated[int, Field(ge=1)] | None, Field(None, description=(
+            "Most trials running at once; null = as many as the resources allow."))),
+        "max_failures": (int, Field(DEFAULT_MAX_FAILURES, ge=0, description=(
+            "Automatic retries of a failed trial (from its last checkpoint)."))),
+        "tracking_uri": (not_blank | None, Field(None, description=(
+            "MLflow tracking URI, used when neither --tracking-uri nor MLFLOW_TRACKING_URI "
+            "is set; null = the default."))),
+        "storage": (not_blank | None, Field(None, description=(
+            "Tune storage path (local folder, NFS, s3://); null = the default."))),
+    }
+    return pydantic.create_model("SweepSpecFile", __config__=ConfigDict(extra="forbid"),
+                                 **fields)
+
+
+def _same_keys(model: type[pydantic.BaseModel], keys: tuple[str, ...]) -> None:
+    if tuple(model.model_fields) != keys:
+        raise RuntimeError(f"orchestrator/schema.py: {model.__name__} has the keys "
+                           f"{tuple(model.model_fields)}, the spec loader {keys}")

@@ -1,0 +1,194 @@
+"""Reading one sweep's runs back from MLflow, as plain data (no MLflow entity leaves here).
+
+``SweepReader`` finds the sweep's experiment by name and its runs by their ``xmem.*`` tags;
+``xmem status``, ``export``, ``report`` and the resume plan use it. Reads never create
+anything, and they learn within seconds that a server is not there (``READ_CLIENT_ENV``).
+``orchestrator.tracking.writer.SweepTracker`` extends it with what a running sweep writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
+
+import mlflow
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+
+from orchestrator.tracking.records import TrialRecord
+from workers.contract import ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID
+from workers.env_defaults import env_defaults
+from workers.errors import XmemError
+
+SEARCH_PAGE = 1000  # runs per search request (the server's maximum)
+# A read of an existing sweep should learn within seconds that the server is not there
+# (MLflow's default is 7 retries with backoff, about 4 minutes); a value the user set wins.
+READ_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+HISTORY_THREADS = 8  # parallel metric-history requests (each a small, latency-bound GET)
+
+MetricHistories = dict[str, dict[str, list[tuple[int, int, float]]]]
+"""run_id -> metric name -> every logged (step, timestamp_ms, value)."""
+
+
+class SweepReader:
+    """One sweep's experiment and runs on a tracking server, read by name and tags."""
+
+    def __init__(self, tracking_uri: str, sweep_name: str):
+        self.tracking_uri = tracking_uri
+        self.sweep_name = sweep_name
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    def open_existing(self) -> str:
+        """The id of the sweep's experiment, which must exist (read commands create nothing).
+
+        Raises:
+            XmemError: no active experiment of that name (the message lists the sweeps that
+                exist), or the server cannot be reached.
+        """
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            experiment = self.client.get_experiment_by_name(self.sweep_name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            existing = sweep_names(self.tracking_uri)
+            listing = (f"sweeps there: {', '.join(existing)}" if existing
+                       else "there are no sweeps there yet (run one: xmem sweep SPEC.yaml)")
+            raise XmemError(f"no sweep named '{self.sweep_name}' on {self.tracking_uri}; {listing}")
+        self.experiment_id = experiment.experiment_id
+        return self.experiment_id
+
+    def trial_runs(self) -> dict[str, TrialRecord]:
+        """trial_id -> its run as plain data (active runs only), from one paginated search."""
+        return {run.data.tags[TAG_TRIAL_ID]: _trial_record(run) for run in self._trial_run_list()}
+
+    def trial_records(self) -> list[TrialRecord]:
+        """Every trial run of the sweep, in the order the runs were created (the spec's).
+
+        Raises:
+            XmemError: as ``open_existing`` (a read never creates the experiment).
+        """
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            runs = self._trial_run_list()
+        runs.sort(key=lambda run: (run.info.start_time or 0, run.info.run_name or ""))
+        return [_trial_record(run) for run in runs]
+
+    def metric_histories(self, records: Iterable[TrialRecord]) -> MetricHistories:
+        """Every logged value of every metric of ``records``' runs.
+
+        One request per (run, metric) for the metrics each run has, ``HISTORY_THREADS`` at
+        a time. A step logged twice (an attempt that re-ran epochs after a restart) appears
+        twice; the caller picks the latest.
+        """
+        jobs = [(record.run_id, key) for record in records for key in record.latest]
+
+        def fetch(job: tuple[str, str]) -> list[tuple[int, int, float]]:
+            return [(int(m.step), int(m.timestamp), float(m.value))
+                    for m in self.client.get_metric_history(*job)]
+
+        histories: MetricHistories = {}
+        with _read_client_env(), _server_errors(self.tracking_uri), \
+                ThreadPoolExecutor(max_workers=HISTORY_THREADS) as pool:
+            for (run_id, key), points in zip(jobs, pool.map(fetch, jobs)):
+                histories.setdefault(run_id, {})[key] = points
+        return histories
+
+    def find_parent_run_id(self) -> str:
+        """The sweep's parent run (the oldest, if two drivers raced).
+
+        Raises:
+            XmemError: the experiment has no parent run (it was not made by ``xmem sweep``).
+        """
+        if self.parent_run_id is None:
+            with _read_client_env(), _server_errors(self.tracking_uri):
+                found = self._parent_runs()
+            if not found:
+                raise XmemError(f"sweep '{self.sweep_name}' on {self.tracking_uri} has no parent "
+                                f"run (tag {TAG_ROLE}={ROLE_PARENT}); was it made by xmem sweep?")
+            self.parent_run_id = found[0].info.run_id
+        return self.parent_run_id
+
+    def parent_tags(self) -> dict[str, str]:
+        """The tags of the sweep's parent run (spec path, storage, ...)."""
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            return dict(self.client.get_run(self.find_parent_run_id()).data.tags)
+
+    def download_spec(self, folder: str | os.PathLike) -> str:
+        """Download the parent run's ``spec.yaml`` into ``folder``; return its path."""
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            return self.client.download_artifacts(self.find_parent_run_id(), SPEC_ARTIFACT,
+                                                  str(folder))
+
+    # --- internals ----------------------------------------------------------------------
+    def _experiment(self) -> str:
+        return self.experiment_id if self.experiment_id is not None else self.open_existing()
+
+    def _parent_runs(self) -> list[Run]:
+        """Active parent runs, oldest first (more than one only after a race of two drivers)."""
+        return self._search(f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'", order_by=["start_time ASC"])
+
+    def _trial_run_list(self) -> list[Run]:
+        return [run for run in self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+                if TAG_TRIAL_ID in run.data.tags]
+
+    def _search(self, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self._experiment()], filter_string=filter_string,
+                                           run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=SEARCH_PAGE, order_by=order_by,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+def _trial_record(run: Run) -> TrialRecord:
+    # RunData.metrics keeps only the values; its proto keeps each latest value's step.
+    latest = {m.key: (int(m.step), float(m.value)) for m in run.data.to_proto().metrics}
+    return TrialRecord(run_id=run.info.run_id, name=run.info.run_name or "",
+                       trial_id=run.data.tags[TAG_TRIAL_ID], run_status=run.info.status,
+                       tags=dict(run.data.tags), params=dict(run.data.params), latest=latest)
+
+
+def sweep_names(tracking_uri: str) -> list[str]:
+    """Names of the active experiments on ``tracking_uri`` that ``xmem sweep`` made (tagged
+    ``xmem.sweep``), sorted.
+
+    Raises:
+        XmemError: the server cannot be reached or answers with an error.
+    """
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    names: list[str] = []
+    token = None
+    with _read_client_env(), _server_errors(tracking_uri):
+        while True:
+            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
+                                             max_results=SEARCH_PAGE, page_token=token)
+            names += [experiment.name for experiment in page if TAG_SWEEP in experiment.tags]
+            token = page.token
+            if not token:
+                return sorted(names)
+
+
+def _read_client_env():
+    """``READ_CLIENT_ENV`` (short retries for reads) where the user left them unset."""
+    return env_defaults(READ_CLIENT_ENV)
+
+
+@contextlib.contextmanager
+def _server_errors(tracking_uri: str) -> Iterator[None]:
+    """MLflow's request errors as an XmemError naming the server."""
+    try:
+        yield
+    except MlflowException as error:
+        first_line = (str(error).splitlines() or [""])[0][:500]
+        raise XmemError(f"the MLflow tracking server at {tracking_uri} did not answer as "
+                        f"expected: {first_line}\nCheck the URI (--tracking-uri or "
+                        "MLFLOW_TRACKING_URI), or leave both unset to read the local store "
+                        "(--store)") from error

@@ -1,0 +1,57 @@
+"""A trial's MLflow run as plain data: what the driver reads back, with no MLflow entity.
+
+``orchestrator.tracking.reader`` builds these; the plan, the tables, the status and the
+results read them (and tests build them by hand).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from workers.contract import TAG_STATUS
+
+
+class LastValue(NamedTuple):
+    """A metric's latest logged value and the step (epoch) it was logged at."""
+
+    value: float
+    step: int
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial's run as MLflow holds it, in plain Python values."""
+
+    run_id: str
+    name: str
+    """The run's name (the trial's readable name)."""
+    trial_id: str
+    run_status: str
+    """MLflow's run status: SCHEDULED, RUNNING, FINISHED, FAILED or KILLED."""
+    tags: dict[str, str]
+    params: dict[str, str]
+    """Every trial config key, as ``orchestrator.tracking.params.config_params`` wrote it."""
+    latest: dict[str, tuple[int, float]]
+    """metric name -> (step, value) of its latest value (MLflow's latest: highest step);
+    read it through ``last``."""
+
+    def last(self, name: str) -> LastValue | None:
+        """The metric's latest value and its step; None when it was never logged."""
+        found = self.latest.get(name)
+        return None if found is None else LastValue(found[1], found[0])
+
+    def last_value(self, name: str) -> float | None:
+        """The metric's latest value; None when it was never logged."""
+        found = self.last(name)
+        return None if found is None else found.value
+
+    @property
+    def status(self) -> str:
+        """``xmem.status``, else MLflow's run status in lower case (a run not yet started)."""
+        return self.tags.get(TAG_STATUS) or self.run_status.lower()
+
+    @property
+    def epochs_done(self) -> int | None:
+        """The highest epoch any metric of the run was logged at (None: nothing logged)."""
+        return max((step for step, _ in self.latest.values()), default=None)

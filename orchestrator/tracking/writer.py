@@ -1,0 +1,205 @@
+"""What a running sweep writes to MLflow: its experiment, parent run and trial runs.
+
+What a sweep leaves in the tracking server::
+
+    experiment  <sweep name>                  tag mlflow.note.content = spec description
+      run  <sweep name>                       parent: tags xmem.sweep, xmem.role=parent,
+                                              xmem.trial_count; artifact spec.yaml
+        run  <trial name>  (one per trial)    child: tags mlflow.parentRunId, xmem.sweep,
+                                              xmem.role=trial, xmem.trial_id, xmem.version,
+                                              xmem.git_commit, xmem.attempts; params = every
+                                              trial config key; SCHEDULED until a worker
+                                              starts it
+
+Every run is found again by its tags, never by remembering ids on the driver: running the
+same sweep twice reuses the experiment, the parent run and each trial's run. The workers log
+their own metrics and artifacts (``workers.mlflow_log``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import yaml
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+
+import workers
+from orchestrator.tracking.params import config_params
+from orchestrator.tracking.reader import SweepReader, _read_client_env, _server_errors
+from workers.config import TrialConfig
+from workers.contract import (ERROR_ARTIFACT, ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, STATUS_FAILED,
+                              TAG_ATTEMPTS, TAG_GIT_COMMIT, TAG_MLFLOW_GIT_COMMIT, TAG_NOTE,
+                              TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_COUNT,
+                              TAG_TRIAL_ID, TAG_VERSION)
+from workers.env_defaults import env_defaults
+from workers.errors import XmemError
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
+# Without this, MLflow prints "View run ... at" to stdout (under the progress display) when a
+# run ends, and fetches the run once more to do it.
+QUIET_CLIENT_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+class TrialLike(Protocol):
+    """What ``create_trial_runs`` needs of a trial (``orchestrator.expand.TrialPoint`` fits)."""
+
+    trial_id: str
+    name: str
+    config: TrialConfig
+
+
+class SweepTracker(SweepReader):
+    """The driver's view of one running sweep in MLflow: it reads like ``SweepReader`` and
+    creates what is missing.
+
+    Every method finds existing objects first (by experiment name and ``xmem.*`` tags), so a
+    rerun of the same sweep continues it instead of duplicating it.
+    """
+
+    def ensure_experiment(self, description: str | None = None) -> str:
+        """The id of the experiment named after the sweep, created on first use.
+
+        Raises:
+            XmemError: an experiment of that name exists but was deleted (MLflow keeps the
+                name reserved until it is restored or garbage-collected).
+        """
+        experiment = self.client.get_experiment_by_name(self.sweep_name)
+        if experiment is None:
+            tags = {TAG_SWEEP: self.sweep_name}
+            if description:
+                tags[TAG_NOTE] = description
+            try:
+                self.experiment_id = self.client.create_experiment(self.sweep_name, tags=tags)
+                return self.experiment_id
+            except MlflowException:
+                # Created meanwhile by another driver: use theirs.
+                experiment = self.client.get_experiment_by_name(self.sweep_name)
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage == "deleted":
+            raise XmemError(
+                f"the MLflow experiment '{self.sweep_name}' (id {experiment.experiment_id}) on "
+                f"{self.tracking_uri} was deleted; restore it (mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}), delete it for good (mlflow gc), "
+                "or give the sweep another name")
+        self.experiment_id = experiment.experiment_id
+        if description and experiment.tags.get(TAG_NOTE) != description:
+            self.client.set_experiment_tag(self.experiment_id, TAG_NOTE, description)
+        return self.experiment_id
+
+    def start_parent_run(self, spec_raw: dict, trial_count: int) -> str:
+        """The sweep's parent run, set to RUNNING: reused when the experiment has one.
+
+        Logs ``spec_raw`` as ``spec.yaml`` (replacing an earlier one) and tags the trial count.
+        """
+        experiment_id = self._experiment()
+        existing = self._parent_runs()
+        tags = {TAG_SWEEP: self.sweep_name, TAG_ROLE: ROLE_PARENT,
+                TAG_TRIAL_COUNT: str(trial_count)}
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        else:
+            run_id = self.client.create_run(experiment_id, tags=tags,
+                                            run_name=self.sweep_name).info.run_id
+        self.client.log_text(run_id, yaml.safe_dump(spec_raw, sort_keys=False), SPEC_ARTIFACT)
+        self.parent_run_id = run_id
+        return run_id
+
+    def create_trial_runs(self, trials: Iterable[TrialLike], parent_run_id: str) -> dict[str, str]:
+        """One child run per trial (SCHEDULED), or the trial's existing run: trial_id -> run_id.
+
+        One search finds the existing runs; a new run costs three requests (create with its
+        tags, log_batch of params, status SCHEDULED). An existing run keeps its status, params
+        and tags (``xmem.attempts`` included); what it lacks (a crash between those requests)
+        is added, and ``mlflow.parentRunId`` is pointed at ``parent_run_id``.
+        """
+        experiment_id = self._experiment()
+        existing = {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
+        commit = git_commit(Path(workers.__file__).resolve().parent)
+        run_ids: dict[str, str] = {}
+        for trial in trials:
+            params = config_params(trial.config)
+            tags = {TAG_PARENT_RUN: parent_run_id, TAG_SWEEP: self.sweep_name,
+                    TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: trial.trial_id,
+                    TAG_VERSION: workers.__version__}
+            if commit:
+                tags[TAG_GIT_COMMIT] = tags[TAG_MLFLOW_GIT_COMMIT] = commit
+            run = existing.get(trial.trial_id)
+            if run is None:
+                run_id = self.client.create_run(experiment_id, tags={**tags, TAG_ATTEMPTS: "0"},
+                                                run_name=trial.name).info.run_id
+                self._log_params(run_id, params)
+                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.SCHEDULED))
+            else:
+                run_id = run.info.run_id
+                self._log_params(run_id, {k: v for k, v in params.items()
+                                          if k not in run.data.params})
+                # Tags keep the values of the run's creation, except the parent (a new parent
+                # run replaces one that was deleted).
+                stale = {k: v for k, v in tags.items() if k not in run.data.tags
+                         or (k == TAG_PARENT_RUN and run.data.tags[k] != v)}
+                if TAG_ATTEMPTS not in run.data.tags:
+                    stale[TAG_ATTEMPTS] = "0"
+                if stale:
+                    self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in stale.items()])
+            run_ids[trial.trial_id] = run_id
+        return run_ids
+
+    def tag_parent_run(self, tags: dict[str, str]) -> None:
+        """Set tags on this sweep's parent run (after ``start_parent_run``)."""
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def mark_trial_failed(self, run_id: str, error_text: str) -> None:
+        """End a trial's run FAILED from the driver, with ``error.txt``: for a worker that
+        died without a word (killed, out of memory) and so could not end its run itself."""
+        with env_defaults(QUIET_CLIENT_ENV):
+            self.client.log_text(run_id, error_text, ERROR_ARTIFACT)
+            self.client.set_tag(run_id, TAG_STATUS, STATUS_FAILED)
+            self.client.set_terminated(run_id, status="FAILED")
+
+    def finish_parent_run(self, status: str = "FINISHED") -> None:
+        """End the parent run with ``status`` (FINISHED, FAILED or KILLED)."""
+        parent_run_id = self.find_parent_run_id()
+        with env_defaults(QUIET_CLIENT_ENV):
+            self.client.set_terminated(parent_run_id, status=status)
+
+    def experiment_url(self) -> str:
+        """``<uri>/#/experiments/<id>`` for an http(s) server; else a description of where."""
+        experiment_id = self._experiment()
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
+        return f"experiment {experiment_id} in {self.tracking_uri}"
+
+    def log_to_parent_run(self, folder: str | os.PathLike, artifact_path: str | None = None) -> str:
+        """Upload every file under ``folder`` to the parent run, under ``artifact_path``
+        (files of the same name are replaced); returns the parent run's id."""
+        run_id = self.find_parent_run_id()
+        with _read_client_env(), _server_errors(self.tracking_uri):
+            self.client.log_artifacts(run_id, str(folder), artifact_path)
+        return run_id
+
+    def _experiment(self) -> str:
+        # A writer creates the experiment on first use; a reader requires it to exist.
+        return self.experiment_id if self.experiment_id is not None else self.ensure_experiment()
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the repository holding ``cwd``; None when unknown."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                                text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None

@@ -1,0 +1,105 @@
+"""A trial's checkpoint: what it holds, saving it, loading it, and checking that it fits.
+
+One checkpoint is one folder (Tune copies it into the sweep's storage)::
+
+    trial_state.pt        torch.save of {"trial": Trial.state_dict(), "history", "alignment_rows",
+                          "run_id"}: the engine's full state and the rows logged so far
+    xmem_checkpoint.json  {"trial_id", "epoch", "run_id"}: read by the driver without torch
+                          (``orchestrator.checkpoints``) to find each trial's latest checkpoint
+
+torch is imported only by the functions that need it, so the driver can read the info file
+without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workers.config import TrialConfig
+from workers.contract import CHECKPOINT_INFO_FILE, CHECKPOINT_STATE_FILE
+from workers.errors import XmemError
+
+# The version of ``Trial.state_dict()``'s layout; a checkpoint of another one is refused.
+STATE_FORMAT = 1
+
+
+@dataclass
+class TrialCheckpoint:
+    """Everything needed to continue a trial in a fresh process."""
+
+    trial_id: str
+    run_id: str
+    """The MLflow run the trial logs into."""
+    trial_state: dict[str, Any]
+    """``Trial.state_dict()``: model, optimizer, shuffle stream, counters (CPU tensors)."""
+    history: list[dict[str, Any]]
+    """``EpochRecord.flat()`` of every evaluated epoch so far."""
+    alignment_rows: list[dict[str, Any]]
+    """Per-class alignment rows so far (``workers.mlflow_log.alignment_rows``)."""
+
+    @property
+    def epoch(self) -> int:
+        return int(self.trial_state["epoch"])
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """The small JSON file beside the state: which trial, which epoch, which run."""
+
+    trial_id: str
+    epoch: int
+    run_id: str
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> "CheckpointInfo | None":
+        """The info in ``text``, or None when it is not a complete info file (being written,
+        or not xmem's)."""
+        try:
+            values = json.loads(text)
+            return cls(str(values["trial_id"]), int(values["epoch"]), str(values.get("run_id")))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+def save_checkpoint(checkpoint: TrialCheckpoint, folder: str | Path) -> None:
+    """Write ``checkpoint`` into the existing folder ``folder`` (state first, then the info
+    file that makes it findable)."""
+    import torch
+
+    folder = Path(folder)
+    torch.save({"trial": checkpoint.trial_state, "history": checkpoint.history,
+                "alignment_rows": checkpoint.alignment_rows, "run_id": checkpoint.run_id},
+               folder / CHECKPOINT_STATE_FILE)
+    info = CheckpointInfo(checkpoint.trial_id, checkpoint.epoch, checkpoint.run_id)
+    (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(info.__dict__))
+
+
+def load_checkpoint(folder: str | Path, trial_id: str) -> TrialCheckpoint:
+    """Read the checkpoint in ``folder`` (a local folder) of trial ``trial_id``."""
+    import torch
+
+    saved = torch.load(Path(folder) / CHECKPOINT_STATE_FILE, weights_only=False)
+    return TrialCheckpoint(trial_id=trial_id, run_id=saved["run_id"], trial_state=saved["trial"],
+                           history=saved["history"], alignment_rows=saved["alignment_rows"])
+
+
+def check_state_fits(state: dict[str, Any], config: TrialConfig) -> None:
+    """Refuse a ``Trial.state_dict()`` that the trial of ``config`` cannot continue.
+
+    The device may differ: a checkpoint written on a GPU resumes on a CPU and back.
+
+    Raises:
+        XmemError: another state format, or a config that differs in a result-changing key.
+    """
+    if state.get("format") != STATE_FORMAT:
+        raise XmemError(f"checkpoint format {state.get('format')!r} is not {STATE_FORMAT}; "
+                        "it was written by another xmem version: restart the trial from scratch")
+    saved = TrialConfig.from_mapping(state["config"], source="checkpoint").identity()
+    current = config.identity()
+    changed = sorted(k for k in saved if k != "device" and saved[k] != current[k])
+    if changed:
+        raise XmemError(f"checkpoint belongs to a different trial config (differs in: "
+                        f"{', '.join(changed)}); restart the trial from scratch")
