@@ -30,8 +30,8 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field
 
-from orchestrator.spec import (DEFAULT_MAX_FAILURES, LINK_SEPARATOR, NAME_PATTERN,
-                               RESOURCE_KEYS, TOP_LEVEL_KEYS)
+from orchestrator.spec import (DEFAULT_MAX_FAILURES, LINK_SEPARATOR, NAME_PATTERN, RESOURCE_DOCS,
+                               RESOURCE_KEYS, SPEC_KEY_DOCS, TOP_LEVEL_KEYS)
 from workers.config import TrialConfig, key_types
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -119,43 +119,27 @@ def _spec_model() -> type[pydantic.BaseModel]:
     trial_keys = _trial_keys_model()
     resources = pydantic.create_model(
         "Resources", __config__=ConfigDict(extra="forbid"),
-        cpu=(float, Field(default=1.0, gt=0, description="CPU cores per trial (> 0).")),
-        gpu=(float, Field(default=0.0, ge=0, description=(
-            "GPUs per trial (>= 0); a fraction shares a GPU, e.g. 0.25 runs 4 trials on "
-            "one."))))
+        cpu=(float, Field(default=1.0, gt=0, description=RESOURCE_DOCS["cpu"])),
+        gpu=(float, Field(default=0.0, ge=0, description=RESOURCE_DOCS["gpu"])))
     _same_keys(resources, RESOURCE_KEYS)
     not_blank = Annotated[str, Field(pattern=r"\S")]
     exclude_entry = Annotated[trial_keys, Field(json_schema_extra={"minProperties": 1})]
+    # key -> (type, default); every description comes from SPEC_KEY_DOCS.
     fields = {
-        "name": (Annotated[str, Field(pattern=f"^(?:{NAME_PATTERN.pattern})$")], Field(
-            description="The sweep's name, also its MLflow experiment, Tune run and folder "
-                        "name: letters, digits, '_', '.' and '-', starting with a letter or "
-                        "digit.")),
-        "description": (str | None, Field(None, description=(
-            "Free text, shown in listings and stored with the experiment."))),
-        "defaults": (trial_keys | None, Field(None, description=(
-            "Trial keys set for every trial (grid values and include entries override "
-            "them)."))),
-        "grid": (_grid_model() | None, Field(None, description=(
-            f"Trial key -> list of values, or linked keys joined by '{LINK_SEPARATOR}' -> "
-            "list of lists of values; the trials are the cartesian product, the first key "
-            "varying slowest."))),
-        "exclude": (list[exclude_entry] | None, Field(None, description=(
-            "Grid points matching every key of one entry are dropped."))),
-        "include": (list[trial_keys] | None, Field(None, description=(
-            "Extra trials, each entry merged over `defaults` (not over grid values)."))),
-        "resources": (resources | None, Field(None, description=(
-            "What Ray reserves for each trial; default {cpu: 1, gpu: 0}."))),
-        "max_concurrent": (Annotated[int, Field(ge=1)] | None, Field(None, description=(
-            "Most trials running at once; null = as many as the resources allow."))),
-        "max_failures": (int, Field(DEFAULT_MAX_FAILURES, ge=0, description=(
-            "Automatic retries of a failed trial (from its last checkpoint)."))),
-        "tracking_uri": (not_blank | None, Field(None, description=(
-            "MLflow tracking URI, used when neither --tracking-uri nor MLFLOW_TRACKING_URI "
-            "is set; null = the default."))),
-        "storage": (not_blank | None, Field(None, description=(
-            "Tune storage path (local folder, NFS, s3://); null = the default."))),
+        "name": (Annotated[str, Field(pattern=f"^(?:{NAME_PATTERN.pattern})$")], ...),
+        "description": (str | None, None),
+        "defaults": (trial_keys | None, None),
+        "grid": (_grid_model() | None, None),
+        "exclude": (list[exclude_entry] | None, None),
+        "include": (list[trial_keys] | None, None),
+        "resources": (resources | None, None),
+        "max_concurrent": (Annotated[int, Field(ge=1)] | None, None),
+        "max_failures": (Annotated[int, Field(ge=0)], DEFAULT_MAX_FAILURES),
+        "tracking_uri": (not_blank | None, None),
+        "storage": (not_blank | None, None),
     }
+    fields = {key: (kind, Field(default, description=SPEC_KEY_DOCS[key]))
+              for key, (kind, default) in fields.items()}
     return pydantic.create_model("SweepSpecFile", __config__=ConfigDict(extra="forbid"),
                                  **fields)
 

@@ -25,7 +25,6 @@ a dry run answers in well under a second on a laptop.
 from __future__ import annotations
 
 import collections
-import difflib
 import math
 import os
 import re
@@ -36,18 +35,40 @@ from typing import Any
 from orchestrator.expand import (TRIAL_DEFAULTS, Axis, Expansion, expand_candidates, same_value,
                                  trial_id)
 from orchestrator.text import count, format_value, listing
-from workers.config import TrialConfig, config_problems, key_problems
+from workers.config import TrialConfig, config_problems, did_you_mean, key_problems
 from workers.errors import ConfigError
 from workers.yaml_io import read_yaml
 
-TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "exclude", "include",
-                  "resources", "max_concurrent", "max_failures", "tracking_uri", "storage")
-RESOURCE_KEYS = ("cpu", "gpu")
-# The sweep name becomes an MLflow experiment name, a Tune run name and a folder name.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+DEFAULT_MAX_FAILURES = 2
 # A grid key holding several comma-joined trial keys ("sigma,temperature") links them.
 LINK_SEPARATOR = ","
-DEFAULT_MAX_FAILURES = 2
+# What each top-level key of a spec file means (the README, ``xmem schema`` and SweepSpec
+# read it from here), in the order the keys are listed to users.
+SPEC_KEY_DOCS = {
+    "name": "The sweep's name, also its MLflow experiment, Tune run and folder name: letters, "
+            "digits, '_', '.' and '-', starting with a letter or digit.",
+    "description": "Free text, shown in listings and stored with the experiment.",
+    "defaults": "Trial keys set for every trial (grid values and include entries override them).",
+    "grid": f"Trial key -> list of values, or linked keys joined by '{LINK_SEPARATOR}' -> list "
+            "of lists of values; the trials are the cartesian product, the first key varying "
+            "slowest.",
+    "exclude": "Grid points matching every key of one entry are dropped.",
+    "include": "Extra trials, each entry merged over `defaults` (not over grid values).",
+    "resources": "What Ray reserves for each trial; default {cpu: 1, gpu: 0}.",
+    "max_concurrent": "Most trials running at once; null = as many as the resources allow.",
+    "max_failures": "Automatic retries of a failed trial (from its last checkpoint).",
+    "tracking_uri": "MLflow tracking URI, used when neither --tracking-uri nor "
+                    "MLFLOW_TRACKING_URI is set; null = an embedded server.",
+    "storage": "Tune storage path (local folder, NFS, s3://); null = ./xmem-runs.",
+}
+RESOURCE_DOCS = {
+    "cpu": "CPU cores per trial (> 0).",
+    "gpu": "GPUs per trial (>= 0); a fraction shares a GPU, e.g. 0.25 runs 4 trials on one.",
+}
+TOP_LEVEL_KEYS = tuple(SPEC_KEY_DOCS)
+RESOURCE_KEYS = tuple(RESOURCE_DOCS)
+# The sweep name becomes an MLflow experiment name, a Tune run name and a folder name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _MAX_LISTED = 3  # trials named in one problem line before "and N more"
 
@@ -56,41 +77,30 @@ _MAX_LISTED = 3  # trials named in one problem line before "and N more"
 
 @dataclass(frozen=True)
 class Resources:
-    """What Ray reserves for each trial (one trial runs in one Tune trial process)."""
+    """What Ray reserves for each trial (``RESOURCE_DOCS``)."""
 
     cpu: float = 1.0
-    """CPU cores per trial (> 0)."""
     gpu: float = 0.0
-    """GPUs per trial (>= 0); a fraction shares a GPU, e.g. 0.25 runs 4 trials on one."""
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep spec (see the module docstring for the file format)."""
+    """A validated sweep spec: each field is the file's key of that name, parsed (their
+    meanings: ``SPEC_KEY_DOCS``), except ``axes`` (the parsed ``grid``), ``path`` and ``raw``."""
 
     name: str
-    """Sweep name = MLflow experiment name = Tune run name."""
     description: str = ""
-    """Free text, shown in listings and stored with the experiment."""
     defaults: dict[str, Any] = field(default_factory=dict)
-    """Trial keys set for every trial (grid values and include entries override them)."""
     axes: tuple[Axis, ...] = ()
-    """The grid's axes in file order (a key, or linked keys, and their values); trials = the
-    cartesian product."""
+    """The grid's axes in file order (a key, or linked keys, and their values)."""
     exclude: list[dict[str, Any]] = field(default_factory=list)
-    """Grid points matching every key of one entry are dropped."""
     include: list[dict[str, Any]] = field(default_factory=list)
-    """Extra trials, each entry merged over ``defaults`` (not over grid values)."""
     resources: Resources = field(default_factory=Resources)
-    """Per-trial resources Ray reserves."""
     max_concurrent: int | None = None
-    """Most trials running at once; None = as many as the resources allow."""
     max_failures: int = DEFAULT_MAX_FAILURES
-    """Automatic retries of a failed trial (from its last checkpoint)."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; None = the environment's or the default (see orchestrator.settings)."""
+    """None: the environment's, or an embedded server (``orchestrator.settings``)."""
     storage: str | None = None
-    """Tune storage path (local folder, NFS, s3://); None = the default."""
     path: str = ""
     """The file the spec was read from."""
     raw: dict[str, Any] = field(default_factory=dict)
@@ -149,7 +159,7 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
     problems: list[str] = []
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            problems.append(f"unknown top-level key '{key}'{_did_you_mean(key, TOP_LEVEL_KEYS)}; "
+            problems.append(f"unknown top-level key '{key}'{did_you_mean(key, TOP_LEVEL_KEYS)}; "
                             f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     name = _check_name(raw.get("name"), problems)
     description = _check_optional_str("description", raw.get("description"), problems)
@@ -230,7 +240,7 @@ def _check_resources(value: Any, problems: list[str]) -> Resources | None:
     found: list[str] = []
     for key in value:
         if key not in RESOURCE_KEYS:
-            found.append(f"resources.{key}: unknown key{_did_you_mean(key, RESOURCE_KEYS)}; "
+            found.append(f"resources.{key}: unknown key{did_you_mean(key, RESOURCE_KEYS)}; "
                          f"valid keys: {', '.join(RESOURCE_KEYS)}")
     # Ray rejects a trial that asks for no CPU at all; GPUs may be 0 or any fraction.
     for key, default, strictly_positive in (("cpu", 1.0, True), ("gpu", 0.0, False)):
@@ -442,8 +452,3 @@ def _describe(value: Any) -> str:
         return kind
     shown = repr(value)
     return f"{kind} {shown if len(shown) <= 60 else shown[:57] + '...'}"
-
-
-def _did_you_mean(key: Any, valid: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(key), valid, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -12,7 +12,7 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from workers.datasets import DATASETS, FACTS
 from workers.errors import ConfigError
@@ -199,9 +199,7 @@ def key_problems(key: Any, value: Any) -> list[str]:
     """Problems with one trial key and its value alone (no cross-key rules)."""
     fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
     if key not in fields:
-        close = difflib.get_close_matches(str(key), fields, n=1)
-        suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-        return [f"unknown key '{key}'{suggestion}; valid keys: {', '.join(fields)}"]
+        return [f"unknown key '{key}'{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}"]
     kind, nullable = _base_type(_field_types()[key])
     meta = fields[key].metadata
     if value is None:
@@ -224,6 +222,13 @@ def key_problems(key: Any, value: Any) -> list[str]:
     if maximum is not None and not value <= maximum:
         problems.append(f"'{key}' must be <= {maximum}, got {value!r}")
     return problems
+
+
+def did_you_mean(key: Any, valid: Iterable[str]) -> str:
+    """`` (did you mean 'sigma'?)`` for the closest of ``valid`` to a mistyped ``key``; ""
+    when none is close."""
+    close = difflib.get_close_matches(str(key), list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _is_finite(number: int | float) -> bool:

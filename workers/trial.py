@@ -41,7 +41,7 @@ EVAL_CHUNK = 8192  # examples per forward pass when evaluating (bounds activatio
 class EpochRecord:
     """What one evaluated epoch measured.
 
-    ``metrics`` maps metric names (``workers.metrics``) to floats; alignment names appear only
+    ``metrics`` maps metric names (``workers.contract``) to floats; alignment names appear only
     on alignment epochs, and an alignment whose every class is undefined is absent.
     ``per_class`` maps alignment names to K per-class values (None = undefined).
     """

@@ -30,7 +30,7 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    """Every command of ``xmem``, in the order ``xmem --help`` lists them."""
+    """Every command of ``xmem`` (``xmem --help`` lists them alphabetically)."""
     from orchestrator.cli.export import export
     from orchestrator.cli.report import report
     from orchestrator.cli.schema import schema
