@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import pyarrow as pa
+import pytest
 
 from orchestrator.results import claims, grouping
 from orchestrator.results.claims import FAIL, NOT_TESTABLE, PASS, check_claims
@@ -228,3 +229,42 @@ def test_dataset_facts_agree_with_the_data_layer():
         FACTS["digits"].train_size, FACTS["digits"].test_size)
     assert digits.test_images.shape[1:] == FACTS["digits"].image_shape
     assert grouping.chance("cifar100") == 1 / 100
+
+
+# --- planted bugs that once survived: one condition varied at a time ------------------------
+
+def test_claim1_fails_when_the_smallest_sigma_does_not_generalize():
+    # Everything memorizes and nothing generalizes: the large-sigma half of claim 1 holds,
+    # the small-sigma half ("small sigma generalizes") does not.
+    nothing_learned = [dict(r, **{contract.TEST_BEST_ACC: 0.12}) if r["sigma"] == 0.01 else r
+                       for r in MEMORIZING_SIN]
+    one = _only(_verdicts(nothing_learned), "1")
+    assert one.verdict == FAIL and "σ=0.01 12.0%" in one.evidence
+
+
+def test_at_chance_bound_is_the_larger_of_the_margin_and_three_standard_errors():
+    # 10 classes: p = 0.1. On 100 examples 3 standard errors (0.09) exceed the margin (0.03);
+    # on 10,000 they (0.009) do not.
+    assert claims.at_chance_bound({"dataset": "cifar10", "test_size": 100}) == \
+        pytest.approx(0.1 + 3 * (0.1 * 0.9 / 100) ** 0.5)
+    assert claims.at_chance_bound({"dataset": "cifar10", "test_size": 10_000}) == \
+        pytest.approx(0.1 + claims.CHANCE_MARGIN)
+    # A trial without test_size is measured on the dataset's full test split.
+    assert claims.at_chance_bound({"dataset": "svhn", "test_size": None}) == \
+        pytest.approx(0.1 + claims.CHANCE_MARGIN)
+    assert claims.at_chance_bound({"dataset": "cifar100", "test_size": 20}) == \
+        pytest.approx(0.01 + claims.CHANCE_STANDARD_ERRORS * (0.01 * 0.99 / 20) ** 0.5)
+
+
+def test_claim6_fails_on_a_strong_negative_alignment_at_init():
+    history = [{"trial_id": t["trial_id"], "epoch": 0,
+                contract.ALIGN_REP: 0.07 if t["sigma"] < 0.1 else -0.2} for t in MEMORIZING_SIN]
+    six = _only(_verdicts(MEMORIZING_SIN, history), "6")
+    assert six.verdict == FAIL and "-0.200" in six.evidence
+
+
+def test_claim7b_fails_when_shuffled_labels_do_not_lower_alignment():
+    trials = [_condition("mlp", False, s, 0.50, 0.48, 0.20) for s in (0, 1)] + \
+             [_condition("mlp", True, s, 0.12, 0.10, 0.30) for s in (0, 1)]   # at chance, aligned
+    seven = _only(_verdicts(trials), "7b")
+    assert seven.verdict == FAIL and "shuffled 0.300" in seven.evidence

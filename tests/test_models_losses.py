@@ -120,3 +120,25 @@ def test_cross_entropy_is_stable_for_huge_logits():
     z = torch.tensor([[1e4, 0.0, -1e4]])
     assert torch.isfinite(per_example_loss(z, torch.tensor([1]), "cross_entropy")).all()
     assert float(per_example_loss(z, torch.tensor([1]), "cross_entropy")) == pytest.approx(1e4)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_plain_sgd_takes_the_steps_of_torch_optim_sgd(momentum):
+    """PlainSGD against torch.optim.SGD (dampening 0, no Nesterov) over several steps: the
+    momentum buffer must decay by ``momentum`` each step, not just accumulate."""
+    from workers.sgd import PlainSGD
+
+    torch.manual_seed(0)
+    model = build_model(_config(sigma=0.1, hidden=16), (3, 8, 8), 10)
+    reference = build_model(_config(sigma=0.1, hidden=16), (3, 8, 8), 10)
+    mine = PlainSGD(list(model.parameters()), lr=0.05, momentum=momentum)
+    theirs = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=momentum)
+    for step in range(5):
+        x = torch.randn(32, 192)
+        y = torch.randint(0, 10, (32,))
+        for net, optimizer in ((model, mine), (reference, theirs)):
+            optimizer.zero_grad()
+            per_example_loss(net(x), y, "cross_entropy", 1.0).mean().backward()
+            optimizer.step()
+        for ours, expected in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)

@@ -23,6 +23,10 @@ from workers.config import TrialConfig
     (TrialState("FAILED", "failed"), False, Action.RESTART),
     (TrialState("RUNNING", "running", "/ckpt"), False, Action.RESUME),  # the driver died
     (TrialState("RUNNING", "running", "/ckpt"), True, Action.RESUME),   # not failed: resume
+    # Tagged failed by its worker, but the run was never ended (the server was away as the
+    # worker failed): failed all the same, so --restart-failed starts it over.
+    (TrialState("RUNNING", "failed", "/ckpt"), True, Action.RESTART),
+    (TrialState("RUNNING", "failed", "/ckpt"), False, Action.RESUME),
     (TrialState("RUNNING", "running"), False, Action.RESTART),
     (TrialState("SCHEDULED"), False, Action.RESTART),
     (TrialState("FINISHED", None), False, Action.RESTART),   # ended without xmem's word

@@ -202,6 +202,38 @@ def test_trial_id_changes_with_results_but_not_with_data_dir():
     assert trial_id(base.replace(download=True, checkpoint_every=5)) == tid
 
 
+def test_every_result_changing_key_changes_the_trial_id():
+    """Only the keys written down here may leave the id alone; every other key, changed to
+    another valid value, must change it (a key wrongly called non-result would merge two
+    different trials into one run)."""
+    import dataclasses
+
+    from workers.config import NON_RESULT_KEYS, key_types
+
+    assert set(NON_RESULT_KEYS) == {"data_dir", "download", "checkpoint_every"}
+    base = TrialConfig.from_mapping({"dataset": "cifar10", "sigma": 1.0})
+    tid = trial_id(base)
+    for field in dataclasses.fields(TrialConfig):
+        value = getattr(base, field.name)
+        kind, _ = key_types()[field.name]
+        choices = field.metadata["choices"]
+        if choices:
+            other = next(choice for choice in choices if choice != value)
+        elif kind is bool:
+            other = not value
+        elif kind is int:
+            other = 100 if value is None else value + 1
+        elif kind is float:
+            other = value * 2 if value else 0.5
+        else:  # a path
+            other = "/data/cifar10.parquet" if value is None else "/elsewhere"
+        changed = trial_id(base.replace(**{field.name: other}))
+        if field.name in NON_RESULT_KEYS:
+            assert changed == tid, field.name
+        else:
+            assert changed != tid, field.name
+
+
 # --- names ------------------------------------------------------------------------------
 
 def test_names_follow_the_varying_keys(tmp_path):

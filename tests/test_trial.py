@@ -110,3 +110,39 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
     assert trial.epoch < 20
     for record in records:
         assert all(value == value for value in record.values())  # no NaN was reported
+
+
+def test_best_test_accuracy_keeps_the_maximum_of_a_falling_accuracy(tmp_path, monkeypatch):
+    """The test accuracy is scripted to rise, then fall (a stand-in for a trial that peaks
+    early): best must hold the peak, not follow the last value."""
+    scripted = iter([0.5, 0.7, 0.6, 0.4])
+    measure = Trial._loss_and_accuracy
+
+    def scripted_test_accuracy(self, x, y):
+        loss, accuracy = measure(self, x, y)
+        return (loss, next(scripted)) if x is self.data.x_test else (loss, accuracy)
+
+    monkeypatch.setattr(Trial, "_loss_and_accuracy", scripted_test_accuracy)
+    records = _records(Trial(_config(tmp_path, epochs=3, sigma=1.0)))
+    assert [r[contract.TEST_ACC] for r in records] == [0.5, 0.7, 0.6, 0.4]
+    assert [r[contract.TEST_BEST_ACC] for r in records] == [0.5, 0.7, 0.7, 0.7]
+
+
+def test_hidden_layer_dynamics_match_a_hand_computation(tmp_path):
+    """dyn/grad_norm_ratio_hidden = ||dL/dW1|| / ||W1|| with L the mean loss over the training
+    probe, and dyn/weight_change_hidden = ||W1 - W1(0)|| / ||W1(0)||, recomputed here from the
+    trained model and a fresh trial's initial weights."""
+    config = _config(tmp_path, epochs=2, sigma=0.5)
+    initial = Trial(config).model.hidden.weight.detach().clone()
+    trial = Trial(config)
+    last = _records(trial)[-1]
+    weight = trial.model.hidden.weight
+    probe = trial.data.probe_train
+    loss = torch.nn.functional.cross_entropy(trial.model(trial.data.x_train[probe]),
+                                             trial.data.y_train[probe])
+    (grad,) = torch.autograd.grad(loss, [weight])
+    assert last[contract.DYN_GRAD_NORM_RATIO_HIDDEN] == pytest.approx(
+        float(grad.norm() / weight.norm()), rel=1e-5)
+    assert last[contract.DYN_WEIGHT_CHANGE_HIDDEN] == pytest.approx(
+        float((weight - initial).norm() / initial.norm()), rel=1e-5)
+    assert last[contract.DYN_WEIGHT_CHANGE_HIDDEN] > 0
