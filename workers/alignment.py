@@ -175,14 +175,15 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_c
     return {name: torch.stack(values) for name, values in per_class.items()}
 
 
-@torch.no_grad()
 def representation_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                              num_classes: int) -> torch.Tensor:
     """Per-class Omega ``(K,)`` of the hidden representation (input of ``top``) of ``x``."""
     captured: list[torch.Tensor] = []
     handle = model.top.register_forward_hook(lambda m, args, out: captured.append(args[0]))
     try:
-        model(x)
+        # A block, not a decorator: mutmut (tests/mutation) skips decorated functions.
+        with torch.no_grad():
+            model(x)
     finally:
         handle.remove()
     representation = captured[0].to(GRAM_DTYPE)

@@ -25,18 +25,19 @@ class PlainSGD:
         for p in self.params:
             p.grad = None
 
-    @torch.no_grad()
     def step(self) -> None:
-        grads = [p.grad for p in self.params]
-        if self.momentum == 0.0:
-            torch._foreach_add_(self.params, grads, alpha=-self.lr)
-            return
-        if self.buffers is None:
-            self.buffers = [g.clone() for g in grads]
-        else:
-            torch._foreach_mul_(self.buffers, self.momentum)
-            torch._foreach_add_(self.buffers, grads)
-        torch._foreach_add_(self.params, self.buffers, alpha=-self.lr)
+        # A block, not a decorator: mutmut (tests/mutation) skips decorated functions.
+        with torch.no_grad():
+            grads = [p.grad for p in self.params]
+            if self.momentum == 0.0:
+                torch._foreach_add_(self.params, grads, alpha=-self.lr)
+                return
+            if self.buffers is None:
+                self.buffers = [g.clone() for g in grads]
+            else:
+                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_add_(self.buffers, grads)
+            torch._foreach_add_(self.params, self.buffers, alpha=-self.lr)
 
     def state_dict(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum,
