@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 from orchestrator.expand import TrialPoint
 from orchestrator.tracking.records import TrialRecord
-from workers.contract import RESULT_STATUSES, STATUS_FAILED, TAG_STATUS
+from workers.contract import RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, STATUS_FAILED, TAG_STATUS
 
 
 class Action(str, enum.Enum):
@@ -46,9 +46,9 @@ def decide(state: TrialState, restart_failed: bool = False) -> Action:
     """The action for one trial; see the module docstring for the order."""
     if state.run_status is None:
         return Action.NEW
-    if state.run_status == "FINISHED" and state.xmem_status in RESULT_STATUSES:
+    if state.run_status == RUN_FINISHED and state.xmem_status in RESULT_STATUSES:
         return Action.SKIP
-    failed = state.run_status == "FAILED" or state.xmem_status == STATUS_FAILED
+    failed = state.run_status == RUN_FAILED or state.xmem_status == STATUS_FAILED
     if restart_failed and failed:
         return Action.RESTART
     if state.checkpoint is not None:

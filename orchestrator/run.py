@@ -32,7 +32,8 @@ from orchestrator.spec import SweepSpec, load_spec
 from orchestrator.text import format_seconds
 from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
-from workers.contract import STATUS_FAILED, TAG_SPEC_PATH, TAG_STORAGE, TrialPayload
+from workers.contract import (RUN_FAILED, RUN_FINISHED, STATUS_FAILED, TAG_SPEC_PATH, TAG_STORAGE,
+                              TrialPayload)
 from workers.errors import XmemError
 
 if TYPE_CHECKING:  # heavy modules, imported by the steps that need them
@@ -106,7 +107,7 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         runs = _reconcile(tracker, errors)
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
         failed = sum(row["status"] == STATUS_FAILED for row in rows)
-        tracker.finish_parent_run("FAILED" if failed else "FINISHED")
+        tracker.finish_parent_run(RUN_FAILED if failed else RUN_FINISHED)
         url = tracker.experiment_url()
     finally:
         services.stop()
@@ -192,7 +193,7 @@ def _reconcile(tracker: "SweepTracker", errors: dict[str, str]) -> dict[str, Tri
     (killed, out of memory: their run still RUNNING) ended FAILED with Tune's error."""
     runs = tracker.trial_runs()
     died = [(runs[tid].run_id, error) for tid, error in errors.items()
-            if tid in runs and runs[tid].run_status not in ("FINISHED", "FAILED")]
+            if tid in runs and runs[tid].run_status not in (RUN_FINISHED, RUN_FAILED)]
     for run_id, error in died:
         tracker.mark_trial_failed(run_id, error)
     return tracker.trial_runs() if died else runs

@@ -30,8 +30,9 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field
 
-from orchestrator.spec import (DEFAULT_MAX_FAILURES, LINK_SEPARATOR, NAME_PATTERN, RESOURCE_DOCS,
-                               RESOURCE_KEYS, SPEC_KEY_DOCS, TOP_LEVEL_KEYS)
+from orchestrator.spec import (DEFAULT_MAX_FAILURES, LINK_SEPARATOR, MIN_CONCURRENT, MIN_FAILURES,
+                               NAME_PATTERN, RESOURCE_DOCS, RESOURCE_KEYS, RESOURCE_MINIMUM,
+                               SPEC_KEY_DOCS, TOP_LEVEL_KEYS, Resources)
 from workers.config import TrialConfig, key_types
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -119,8 +120,9 @@ def _spec_model() -> type[pydantic.BaseModel]:
     trial_keys = _trial_keys_model()
     resources = pydantic.create_model(
         "Resources", __config__=ConfigDict(extra="forbid"),
-        cpu=(float, Field(default=1.0, gt=0, description=RESOURCE_DOCS["cpu"])),
-        gpu=(float, Field(default=0.0, ge=0, description=RESOURCE_DOCS["gpu"])))
+        **{key: (float, Field(default=getattr(Resources(), key), description=RESOURCE_DOCS[key],
+                              **{"gt" if exclusive else "ge": minimum}))
+           for key, (minimum, exclusive) in RESOURCE_MINIMUM.items()})
     _same_keys(resources, RESOURCE_KEYS)
     not_blank = Annotated[str, Field(pattern=r"\S")]
     exclude_entry = Annotated[trial_keys, Field(json_schema_extra={"minProperties": 1})]
@@ -133,8 +135,8 @@ def _spec_model() -> type[pydantic.BaseModel]:
         "exclude": (list[exclude_entry] | None, None),
         "include": (list[trial_keys] | None, None),
         "resources": (resources | None, None),
-        "max_concurrent": (Annotated[int, Field(ge=1)] | None, None),
-        "max_failures": (Annotated[int, Field(ge=0)], DEFAULT_MAX_FAILURES),
+        "max_concurrent": (Annotated[int, Field(ge=MIN_CONCURRENT)] | None, None),
+        "max_failures": (Annotated[int, Field(ge=MIN_FAILURES)], DEFAULT_MAX_FAILURES),
         "tracking_uri": (not_blank | None, None),
         "storage": (not_blank | None, None),
     }

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
-from orchestrator.spec import SweepSpec
 from workers.errors import XmemError
+
+if TYPE_CHECKING:  # annotations only: the read commands need no spec
+    from orchestrator.spec import SweepSpec
 
 DEFAULT_STORAGE = "xmem-runs"
 MLFLOW_FOLDER = "mlflow"  # under the storage: the embedded tracking server's store
@@ -56,7 +58,7 @@ class SweepSettings:
     sources: dict[str, str]  # setting -> where it came from (flag, environment, spec, default)
 
 
-def resolve_settings(spec: SweepSpec, address: str | None, tracking_uri: str | None,
+def resolve_settings(spec: "SweepSpec", address: str | None, tracking_uri: str | None,
                      storage: str | None, environ: Mapping[str, str] = os.environ) -> SweepSettings:
     """Flag > environment (RAY_ADDRESS, MLFLOW_TRACKING_URI) > spec > embedded default.
 

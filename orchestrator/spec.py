@@ -34,7 +34,7 @@ from typing import Any
 
 from orchestrator.expand import (TRIAL_DEFAULTS, Axis, Expansion, expand_candidates, same_value,
                                  trial_id)
-from orchestrator.text import count, format_value, listing
+from orchestrator.text import count, describe, format_value, listing
 from workers.config import TrialConfig, config_problems, did_you_mean, key_problems
 from workers.errors import ConfigError
 from workers.yaml_io import read_yaml
@@ -42,8 +42,8 @@ from workers.yaml_io import read_yaml
 DEFAULT_MAX_FAILURES = 2
 # A grid key holding several comma-joined trial keys ("sigma,temperature") links them.
 LINK_SEPARATOR = ","
-# What each top-level key of a spec file means (the README, ``xmem schema`` and SweepSpec
-# read it from here), in the order the keys are listed to users.
+# What each top-level key of a spec file means, in the order the keys are listed to users
+# (SweepSpec and ``xmem schema`` read it from here; the README's spec reference follows it).
 SPEC_KEY_DOCS = {
     "name": "The sweep's name, also its MLflow experiment, Tune run and folder name: letters, "
             "digits, '_', '.' and '-', starting with a letter or digit.",
@@ -67,6 +67,10 @@ RESOURCE_DOCS = {
 }
 TOP_LEVEL_KEYS = tuple(SPEC_KEY_DOCS)
 RESOURCE_KEYS = tuple(RESOURCE_DOCS)
+# Each resource's lower bound and whether it is exclusive: Ray rejects a trial that asks for
+# no CPU at all; GPUs may be 0 or any fraction.
+RESOURCE_MINIMUM = {"cpu": (0.0, True), "gpu": (0.0, False)}
+MIN_CONCURRENT, MIN_FAILURES = 1, 0
 # The sweep name becomes an MLflow experiment name, a Tune run name and a folder name.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -133,7 +137,7 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raise ConfigError(problems, source=source, hint=hint)
     if not isinstance(raw, dict):
         problems.append("the top level must be a mapping of keys (name, grid, ...), got "
-                        f"{_describe(raw)}")
+                        f"{describe(raw)}")
         raise ConfigError(problems, source=source, hint=hint)
     spec, spec_problems, sweep_checked = _parse_spec(raw, source)
     problems += spec_problems
@@ -168,10 +172,10 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
     exclude = _check_entries("exclude", raw.get("exclude"), problems)
     include = _check_entries("include", raw.get("include"), problems)
     resources = _check_resources(raw.get("resources"), problems)
-    max_concurrent = _check_int("max_concurrent", raw.get("max_concurrent"), 1, problems,
-                                nullable=True)
+    max_concurrent = _check_int("max_concurrent", raw.get("max_concurrent"), MIN_CONCURRENT,
+                                problems, nullable=True)
     max_failures = _check_int("max_failures", raw.get("max_failures", DEFAULT_MAX_FAILURES),
-                              0, problems, nullable=False)
+                              MIN_FAILURES, problems, nullable=False)
     tracking_uri = _check_optional_str("tracking_uri", raw.get("tracking_uri"), problems,
                                        non_empty=True)
     storage = _check_optional_str("storage", raw.get("storage"), problems, non_empty=True)
@@ -194,7 +198,7 @@ def _check_name(value: Any, problems: list[str]) -> str | None:
         problems.append("name: missing; every sweep needs one (it becomes the MLflow "
                         "experiment and the Tune run name), e.g. name: fig1-sin")
     elif not isinstance(value, str):
-        problems.append(f"name: must be a string, got {_describe(value)}")
+        problems.append(f"name: must be a string, got {describe(value)}")
     elif not NAME_PATTERN.fullmatch(value):
         problems.append(f"name: {value!r} is not a valid sweep name: use letters, digits, "
                         "'_', '.' and '-', starting with a letter or digit")
@@ -208,7 +212,7 @@ def _check_optional_str(key: str, value: Any, problems: list[str], *,
     if value is None:
         return None
     if not isinstance(value, str):
-        problems.append(f"{key}: must be a string or null, got {_describe(value)}")
+        problems.append(f"{key}: must be a string or null, got {describe(value)}")
     elif non_empty and not value.strip():
         problems.append(f"{key}: must not be empty; write null (or leave it out) for the default")
     else:
@@ -222,7 +226,7 @@ def _check_int(key: str, value: Any, minimum: int, problems: list[str], *,
         return None
     expected = f"an integer >= {minimum}" + (" or null" if nullable else "")
     if not isinstance(value, int) or isinstance(value, bool):
-        problems.append(f"{key}: must be {expected}, got {_describe(value)}")
+        problems.append(f"{key}: must be {expected}, got {describe(value)}")
     elif value < minimum:
         problems.append(f"{key}: must be {expected}, got {value}")
     else:
@@ -235,25 +239,25 @@ def _check_resources(value: Any, problems: list[str]) -> Resources | None:
         return Resources()
     if not isinstance(value, dict):
         problems.append(f"resources: must be a mapping like {{cpu: 1, gpu: 0.25}}, got "
-                        f"{_describe(value)}")
+                        f"{describe(value)}")
         return None
     found: list[str] = []
     for key in value:
         if key not in RESOURCE_KEYS:
             found.append(f"resources.{key}: unknown key{did_you_mean(key, RESOURCE_KEYS)}; "
                          f"valid keys: {', '.join(RESOURCE_KEYS)}")
-    # Ray rejects a trial that asks for no CPU at all; GPUs may be 0 or any fraction.
-    for key, default, strictly_positive in (("cpu", 1.0, True), ("gpu", 0.0, False)):
-        amount = value.get(key, default)
-        bound = "> 0" if strictly_positive else ">= 0"
+    defaults = Resources()
+    for key, (minimum, exclusive) in RESOURCE_MINIMUM.items():
+        amount = value.get(key, getattr(defaults, key))
+        bound = f"{'>' if exclusive else '>='} {minimum:g}"
         if not _is_number(amount) or not math.isfinite(amount):
-            found.append(f"resources.{key}: must be a number {bound}, got {_describe(amount)}")
-        elif (amount <= 0) if strictly_positive else (amount < 0):
+            found.append(f"resources.{key}: must be a number {bound}, got {describe(amount)}")
+        elif (amount <= minimum) if exclusive else (amount < minimum):
             found.append(f"resources.{key}: must be {bound}, got {amount!r}")
     problems += found
     if found:
         return None
-    return Resources(cpu=float(value.get("cpu", 1.0)), gpu=float(value.get("gpu", 0.0)))
+    return Resources(**{key: float(value.get(key, getattr(defaults, key))) for key in RESOURCE_KEYS})
 
 
 def _check_defaults(value: Any, problems: list[str]) -> dict[str, Any] | None:
@@ -261,7 +265,7 @@ def _check_defaults(value: Any, problems: list[str]) -> dict[str, Any] | None:
         return {}
     if not isinstance(value, dict):
         problems.append("defaults: must be a mapping of trial keys to values, got "
-                        f"{_describe(value)}")
+                        f"{describe(value)}")
         return None
     found = [f"defaults.{key}: {problem}"
              for key, item in value.items() for problem in key_problems(key, item)]
@@ -279,7 +283,7 @@ def _check_grid(value: Any, problems: list[str]) -> list[Axis] | None:
         return []
     if not isinstance(value, dict):
         problems.append("grid: must be a mapping of trial keys to lists of values, e.g. "
-                        f"grid: {{sigma: [0.1, 1.0]}}, got {_describe(value)}")
+                        f"grid: {{sigma: [0.1, 1.0]}}, got {describe(value)}")
         return None
     found: list[str] = []
     repeats: list[str] = []  # reported, but the grid without them is still checked
@@ -324,7 +328,7 @@ def _check_grid_values(path: str, keys: tuple[str, ...], values: Any,
     """The steps of one grid entry as tuples (one value per key), or None if any is bad."""
     if not isinstance(values, list):
         example = f" (write [{values}] for a single value)" if len(keys) == 1 else ""
-        found.append(f"{path}: must be a list of values, got {_describe(values)}{example}")
+        found.append(f"{path}: must be a list of values, got {describe(values)}{example}")
         return None
     if not values:
         found.append(f"{path}: empty list; give at least one value, or remove the key")
@@ -337,7 +341,7 @@ def _check_grid_values(path: str, keys: tuple[str, ...], values: Any,
             steps.append((item,))
         elif not isinstance(item, list) or len(item) != len(keys):
             found.append(f"{path}[{index}]: must be a list of {len(keys)} values "
-                         f"({', '.join(keys)}), got {_describe(item)}")
+                         f"({', '.join(keys)}), got {describe(item)}")
         else:
             for key, part in zip(keys, item):
                 found += [f"{path}[{index}].{key}: {p}" for p in key_problems(key, part)]
@@ -374,13 +378,13 @@ def _check_entries(section: str, value: Any, problems: list[str]) -> list[dict] 
     example = "{activation: sin, loss: hinge}" if section == "exclude" else "{model: convnet}"
     if not isinstance(value, list):
         problems.append(f"{section}: must be a list of mappings like - {example}, got "
-                        f"{_describe(value)}")
+                        f"{describe(value)}")
         return None
     found: list[str] = []
     for index, entry in enumerate(value):
         path = f"{section}[{index}]"
         if not isinstance(entry, dict):
-            found.append(f"{path}: must be a mapping like {example}, got {_describe(entry)}")
+            found.append(f"{path}: must be a mapping like {example}, got {describe(entry)}")
         elif section == "exclude":
             if not entry:
                 found.append(f"{path}: an empty entry would exclude every grid point")
@@ -441,14 +445,3 @@ def _sweep_problems(expansion: Expansion, exclude: list[dict]) -> list[str]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _describe(value: Any) -> str:
-    """'list [1, 2]', 'string "abc"': the YAML type name and a short rendering."""
-    kinds = {dict: "mapping", list: "list", str: "string", bool: "bool", int: "int",
-             float: "float", type(None): "null"}
-    kind = kinds.get(type(value), type(value).__name__)
-    if value is None:
-        return kind
-    shown = repr(value)
-    return f"{kind} {shown if len(shown) <= 60 else shown[:57] + '...'}"

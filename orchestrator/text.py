@@ -31,6 +31,17 @@ def format_value(value: Any, missing: str = "null") -> str:
     return str(value)
 
 
+def describe(value: Any) -> str:
+    """'list [1, 2]', 'string "abc"': the YAML type name and a short rendering."""
+    kinds = {dict: "mapping", list: "list", str: "string", bool: "bool", int: "int",
+             float: "float", type(None): "null"}
+    kind = kinds.get(type(value), type(value).__name__)
+    if value is None:
+        return kind
+    shown = repr(value)
+    return f"{kind} {shown if len(shown) <= 60 else shown[:57] + '...'}"
+
+
 def format_metric(name: str, value: float | None) -> str:
     """An accuracy as a percentage (``98.7%``), any other metric with three decimals; ``-``
     when missing."""

@@ -82,3 +82,29 @@ def test_status_lists_state_attempts_epochs_and_totals():
     assert lines[2].split()[:4] == ["sigma1", "finished", "2", "30/30"]
     assert lines[3].split()[:4] == ["sigma10", "scheduled", "0", "-/30"]
     assert lines[-1] == "sw: 2 trial(s): 1 finished, 1 scheduled"
+
+
+def test_status_shows_metrics_as_the_results_table_does():
+    """One way to show a metric in every table (orchestrator.text): labels, not MLflow keys;
+    accuracies as percentages."""
+    from orchestrator.status import format_status
+    from orchestrator.tracking.records import TrialRecord
+
+    record = TrialRecord(run_id="r", name="sigma1", trial_id="t", run_status="FINISHED",
+                         tags={"xmem.status": "finished"}, params={"epochs": "30"},
+                         latest={contract.TRAIN_ACC: (30, 1.0), contract.TEST_ACC: (30, 0.114),
+                                 contract.TEST_BEST_ACC: (12, 0.2), contract.ALIGN_GRAD: (30, 0.0004)})
+    lines = format_status("sw", [record]).splitlines()
+    assert lines[0].split() == ["trial", "state", "attempts", "epochs", "train", "acc", "test",
+                                "acc", "best", "test", "acc", "align/grad"]
+    assert lines[2].split()[4:] == ["100.0%", "11.4%", "20.0%", "0.000"]
+
+
+def test_values_read_as_yaml_in_every_table():
+    from orchestrator.text import format_value
+
+    assert [format_value(v) for v in (True, False, None, 0.001, 10.0, 3, "sin")] == \
+        ["true", "false", "null", "0.001", "10", "3", "sin"]
+    table = format_results_table([{"name": "a", "shuffle_labels": True, "status": "finished"}],
+                                 ["shuffle_labels"])
+    assert table.splitlines()[2].split()[:3] == ["a", "true", "finished"]

@@ -13,6 +13,7 @@ without loading torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ class CheckpointInfo:
 
     trial_id: str
     epoch: int
-    run_id: str
+    run_id: str | None
 
     @classmethod
     def parse(cls, text: str | bytes) -> "CheckpointInfo | None":
@@ -59,7 +60,9 @@ class CheckpointInfo:
         or not xmem's)."""
         try:
             values = json.loads(text)
-            return cls(str(values["trial_id"]), int(values["epoch"]), str(values.get("run_id")))
+            run_id = values.get("run_id")
+            return cls(str(values["trial_id"]), int(values["epoch"]),
+                       None if run_id is None else str(run_id))
         except (TypeError, KeyError, ValueError):
             return None
 
@@ -74,7 +77,7 @@ def save_checkpoint(checkpoint: TrialCheckpoint, folder: str | Path) -> None:
                 "alignment_rows": checkpoint.alignment_rows, "run_id": checkpoint.run_id},
                folder / CHECKPOINT_STATE_FILE)
     info = CheckpointInfo(checkpoint.trial_id, checkpoint.epoch, checkpoint.run_id)
-    (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(info.__dict__))
+    (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(dataclasses.asdict(info)))
 
 
 def load_checkpoint(folder: str | Path, trial_id: str) -> TrialCheckpoint:

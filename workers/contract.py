@@ -49,6 +49,9 @@ TRIAL_STATUSES = (STATUS_PENDING, STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED
 # The statuses whose numbers are results (a diverged trial's are, until the blow-up).
 RESULT_STATUSES = (STATUS_FINISHED, STATUS_DIVERGED)
 
+# MLflow's own run statuses, as its client spells them (a run's lifecycle, beside xmem's).
+RUN_SCHEDULED, RUN_RUNNING, RUN_FINISHED, RUN_FAILED = "SCHEDULED", "RUNNING", "FINISHED", "FAILED"
+
 # --- MLflow tags -------------------------------------------------------------------------
 TAG_SWEEP = "xmem.sweep"
 TAG_ROLE = "xmem.role"                # parent | trial
@@ -106,7 +109,7 @@ REPORT_EPOCH = EPOCH              # in each tune.report: the epoch just evaluate
 REPORT_STATUS = "xmem_status"     # ... and the trial's status (running, finished, diverged, failed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a dict: compared and hashed by identity
 class TrialPayload:
     """What the driver sends a worker for one trial (plain, picklable values).
 

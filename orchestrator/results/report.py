@@ -156,7 +156,7 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
          "claims." if left_out else "") + "</p>",
         "<h2>The paper's claims on this sweep</h2>",
         "<p>Claims of <i>Extreme Memorization via Scale of Initialization</i> (NOTES.md); seeds "
-        "are aggregated as mean ± standard deviation (n). Thresholds: orchestrator/claims.py.</p>",
+        "are aggregated as mean ± standard deviation (n). Thresholds: orchestrator/results/claims.py.</p>",
         _claims_html(checks), "<h2>Figures</h2>",
     ]
     for figure in drawn:

@@ -51,7 +51,7 @@ class SweepReader:
             XmemError: no active experiment of that name (the message lists the sweeps that
                 exist), or the server cannot be reached.
         """
-        with _read_client_env(), _server_errors(self.tracking_uri):
+        with read_client_env(), server_errors(self.tracking_uri):
             experiment = self.client.get_experiment_by_name(self.sweep_name)
         if experiment is None or experiment.lifecycle_stage == "deleted":
             existing = sweep_names(self.tracking_uri)
@@ -71,7 +71,7 @@ class SweepReader:
         Raises:
             XmemError: as ``open_existing`` (a read never creates the experiment).
         """
-        with _read_client_env(), _server_errors(self.tracking_uri):
+        with read_client_env(), server_errors(self.tracking_uri):
             runs = self._trial_run_list()
         runs.sort(key=lambda run: (run.info.start_time or 0, run.info.run_name or ""))
         return [_trial_record(run) for run in runs]
@@ -90,7 +90,7 @@ class SweepReader:
                     for m in self.client.get_metric_history(*job)]
 
         histories: MetricHistories = {}
-        with _read_client_env(), _server_errors(self.tracking_uri), \
+        with read_client_env(), server_errors(self.tracking_uri), \
                 ThreadPoolExecutor(max_workers=HISTORY_THREADS) as pool:
             for (run_id, key), points in zip(jobs, pool.map(fetch, jobs)):
                 histories.setdefault(run_id, {})[key] = points
@@ -103,7 +103,7 @@ class SweepReader:
             XmemError: the experiment has no parent run (it was not made by ``xmem sweep``).
         """
         if self.parent_run_id is None:
-            with _read_client_env(), _server_errors(self.tracking_uri):
+            with read_client_env(), server_errors(self.tracking_uri):
                 found = self._parent_runs()
             if not found:
                 raise XmemError(f"sweep '{self.sweep_name}' on {self.tracking_uri} has no parent "
@@ -113,17 +113,18 @@ class SweepReader:
 
     def parent_tags(self) -> dict[str, str]:
         """The tags of the sweep's parent run (spec path, storage, ...)."""
-        with _read_client_env(), _server_errors(self.tracking_uri):
+        with read_client_env(), server_errors(self.tracking_uri):
             return dict(self.client.get_run(self.find_parent_run_id()).data.tags)
 
     def download_spec(self, folder: str | os.PathLike) -> str:
         """Download the parent run's ``spec.yaml`` into ``folder``; return its path."""
-        with _read_client_env(), _server_errors(self.tracking_uri):
+        with read_client_env(), server_errors(self.tracking_uri):
             return self.client.download_artifacts(self.find_parent_run_id(), SPEC_ARTIFACT,
                                                   str(folder))
 
     # --- internals ----------------------------------------------------------------------
     def _experiment(self) -> str:
+        """The experiment's id; a read requires the experiment to exist."""
         return self.experiment_id if self.experiment_id is not None else self.open_existing()
 
     def _parent_runs(self) -> list[Run]:
@@ -166,7 +167,7 @@ def sweep_names(tracking_uri: str) -> list[str]:
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     names: list[str] = []
     token = None
-    with _read_client_env(), _server_errors(tracking_uri):
+    with read_client_env(), server_errors(tracking_uri):
         while True:
             page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
                                              max_results=SEARCH_PAGE, page_token=token)
@@ -176,13 +177,13 @@ def sweep_names(tracking_uri: str) -> list[str]:
                 return sorted(names)
 
 
-def _read_client_env():
+def read_client_env():
     """``READ_CLIENT_ENV`` (short retries for reads) where the user left them unset."""
     return env_defaults(READ_CLIENT_ENV)
 
 
 @contextlib.contextmanager
-def _server_errors(tracking_uri: str) -> Iterator[None]:
+def server_errors(tracking_uri: str) -> Iterator[None]:
     """MLflow's request errors as an XmemError naming the server."""
     try:
         yield

@@ -29,9 +29,10 @@ from mlflow.exceptions import MlflowException
 
 import workers
 from orchestrator.tracking.params import config_params
-from orchestrator.tracking.reader import SweepReader, _read_client_env, _server_errors
+from orchestrator.tracking.reader import SweepReader, read_client_env, server_errors
 from workers.config import TrialConfig
-from workers.contract import (ERROR_ARTIFACT, ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, STATUS_FAILED,
+from workers.contract import (ERROR_ARTIFACT, ROLE_PARENT, ROLE_TRIAL, RUN_FAILED, RUN_FINISHED,
+                              SPEC_ARTIFACT, STATUS_FAILED,
                               TAG_ATTEMPTS, TAG_GIT_COMMIT, TAG_MLFLOW_GIT_COMMIT, TAG_NOTE,
                               TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_COUNT,
                               TAG_TRIAL_ID, TAG_VERSION)
@@ -96,7 +97,7 @@ class SweepTracker(SweepReader):
 
         Logs ``spec_raw`` as ``spec.yaml`` (replacing an earlier one) and tags the trial count.
         """
-        experiment_id = self._experiment()
+        experiment_id = self._experiment_or_create()
         existing = self._parent_runs()
         tags = {TAG_SWEEP: self.sweep_name, TAG_ROLE: ROLE_PARENT,
                 TAG_TRIAL_COUNT: str(trial_count)}
@@ -119,7 +120,7 @@ class SweepTracker(SweepReader):
         and tags (``xmem.attempts`` included); what it lacks (a crash between those requests)
         is added, and ``mlflow.parentRunId`` is pointed at ``parent_run_id``.
         """
-        experiment_id = self._experiment()
+        experiment_id = self._experiment_or_create()
         existing = {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
         commit = git_commit(Path(workers.__file__).resolve().parent)
         run_ids: dict[str, str] = {}
@@ -161,9 +162,9 @@ class SweepTracker(SweepReader):
         with env_defaults(QUIET_CLIENT_ENV):
             self.client.log_text(run_id, error_text, ERROR_ARTIFACT)
             self.client.set_tag(run_id, TAG_STATUS, STATUS_FAILED)
-            self.client.set_terminated(run_id, status="FAILED")
+            self.client.set_terminated(run_id, status=RUN_FAILED)
 
-    def finish_parent_run(self, status: str = "FINISHED") -> None:
+    def finish_parent_run(self, status: str = RUN_FINISHED) -> None:
         """End the parent run with ``status`` (FINISHED, FAILED or KILLED)."""
         parent_run_id = self.find_parent_run_id()
         with env_defaults(QUIET_CLIENT_ENV):
@@ -171,7 +172,7 @@ class SweepTracker(SweepReader):
 
     def experiment_url(self) -> str:
         """``<uri>/#/experiments/<id>`` for an http(s) server; else a description of where."""
-        experiment_id = self._experiment()
+        experiment_id = self._experiment_or_create()
         if self.tracking_uri.startswith(("http://", "https://")):
             return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
         return f"experiment {experiment_id} in {self.tracking_uri}"
@@ -180,12 +181,11 @@ class SweepTracker(SweepReader):
         """Upload every file under ``folder`` to the parent run, under ``artifact_path``
         (files of the same name are replaced); returns the parent run's id."""
         run_id = self.find_parent_run_id()
-        with _read_client_env(), _server_errors(self.tracking_uri):
+        with read_client_env(), server_errors(self.tracking_uri):
             self.client.log_artifacts(run_id, str(folder), artifact_path)
         return run_id
 
-    def _experiment(self) -> str:
-        # A writer creates the experiment on first use; a reader requires it to exist.
+    def _experiment_or_create(self) -> str:
         return self.experiment_id if self.experiment_id is not None else self.ensure_experiment()
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
