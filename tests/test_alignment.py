@@ -101,3 +101,20 @@ def test_hinge_loss_fully_satisfied_gives_missing_gradient_alignment():
     assert torch.isnan(fast[contract.ALIGN_GRAD]).all()
     assert mean_over_classes(fast[contract.ALIGN_GRAD]) is None
     assert mean_over_classes(fast[contract.ALIGN_REP]) is not None
+
+
+def test_omega_from_gram_works_on_a_batch_of_grams_and_returns_float64():
+    """``(..., n, n)`` in, ``(...)`` float64 out: each Gram matrix of a batch gives what it
+    gives alone; two vectors (n = 2) are the smallest set with a defined Omega."""
+    torch.manual_seed(0)
+    vectors = torch.randn(3, 4, 5)                       # 3 sets of 4 vectors in R^5
+    grams = (vectors @ vectors.transpose(-1, -2)).float()
+    batched = omega_from_gram(grams)
+    assert batched.shape == (3,) and batched.dtype == torch.float64
+    for index in range(3):
+        alone = omega_from_gram(grams[index])
+        assert alone.shape == () and float(alone) == pytest.approx(float(batched[index]))
+        assert float(alone) == pytest.approx(omega_of_vectors(vectors[index].double()), rel=1e-6)
+    pair = torch.tensor([[1.0, 0.5], [0.5, 1.0]])          # two unit vectors, cosine 0.5
+    assert float(omega_from_gram(pair)) == pytest.approx(0.5)
+    assert torch.isnan(omega_from_gram(torch.ones(1, 1)))  # one vector: undefined

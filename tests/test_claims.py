@@ -268,3 +268,19 @@ def test_claim7b_fails_when_shuffled_labels_do_not_lower_alignment():
              [_condition("mlp", True, s, 0.12, 0.10, 0.30) for s in (0, 1)]   # at chance, aligned
     seven = _only(_verdicts(trials), "7b")
     assert seven.verdict == FAIL and "shuffled 0.300" in seven.evidence
+
+
+def test_claim2_needs_a_falling_trend_not_only_a_lower_end():
+    # align/grad ends lower at the largest sigma than at the smallest, but rises in between:
+    # Spearman's rho is positive, so "falls as sigma grows" does not hold.
+    zigzag = {0.01: 0.05, 0.1: 0.2, 1.0: 0.3, 10.0: 0.04}
+    trials = [_sin(s, train=1.0, best=0.4 if s < 1 else 0.11, final=0.36 if s < 1 else 0.10,
+                   grad=g, rep=0.2 - s / 100) for s, g in zigzag.items()]
+    two = _only(_verdicts(trials), "2")
+    assert two.verdict == FAIL and "align/grad" in two.evidence
+
+
+def test_claim4a_fails_when_accuracy_still_drops_between_the_two_largest_sigmas():
+    not_saturated = [_relu("cross_entropy", s, b) for s, b in ((0.01, 0.55), (1.0, 0.48), (10.0, 0.40))]
+    four = _only(_verdicts(not_saturated), "4a")
+    assert four.verdict == FAIL and "saturation: 8.0 points" in four.evidence

@@ -27,12 +27,18 @@ from workers.config import TrialConfig
     # worker failed): failed all the same, so --restart-failed starts it over.
     (TrialState("RUNNING", "failed", "/ckpt"), True, Action.RESTART),
     (TrialState("RUNNING", "failed", "/ckpt"), False, Action.RESUME),
+    # Ended FAILED without xmem's tag (a run ended from outside): failed all the same.
+    (TrialState("FAILED", None, "/ckpt"), True, Action.RESTART),
     (TrialState("RUNNING", "running"), False, Action.RESTART),
     (TrialState("SCHEDULED"), False, Action.RESTART),
     (TrialState("FINISHED", None), False, Action.RESTART),   # ended without xmem's word
 ])
 def test_decide_follows_the_documented_order(state, restart_failed, expected):
     assert decide(state, restart_failed) is expected
+
+
+def test_decide_resumes_failed_trials_unless_asked_to_restart_them():
+    assert decide(TrialState("FAILED", "failed", "/ckpt")) is Action.RESUME
 
 
 def _point(sigma: float) -> TrialPoint:

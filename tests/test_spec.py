@@ -202,6 +202,14 @@ def test_trial_id_changes_with_results_but_not_with_data_dir():
     assert trial_id(base.replace(download=True, checkpoint_every=5)) == tid
 
 
+def test_trial_ids_are_stable_across_versions():
+    """Resuming finds a trial's run by its id: a change to how ids are computed (key order,
+    JSON separators, hash) would orphan every existing sweep. These ids were computed by
+    xmem 0.1.0 before the restructure."""
+    assert trial_id(TrialConfig()) == "815b7eab4f79"
+    assert trial_id(TrialConfig.from_mapping({"sigma": 1.0})) == "6f708a118c1e"
+
+
 def test_every_result_changing_key_changes_the_trial_id():
     """Only the keys written down here may leave the id alone; every other key, changed to
     another valid value, must change it (a key wrongly called non-result would merge two
