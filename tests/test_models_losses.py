@@ -142,3 +142,11 @@ def test_plain_sgd_takes_the_steps_of_torch_optim_sgd(momentum):
             optimizer.step()
         for ours, expected in zip(model.parameters(), reference.parameters()):
             torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_convnet_first_convolution_keeps_the_image_size():
+    """The paper's conv1 is a 5x5 'same' convolution: 32x32 in, 32x32 out (a padding that is
+    off by one would still reach the dense layer as 64 x 5 x 5, so check conv1 itself)."""
+    model = build_model(_config(model="convnet", hidden=8), (3, 32, 32), 10)
+    assert model.conv1(torch.zeros(2, 3, 32, 32)).shape == (2, 32, 32, 32)
+    assert model.hidden.weight.shape == (8, 64 * 5 * 5)

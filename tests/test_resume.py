@@ -52,6 +52,15 @@ def _run(name: str, status: str, xmem_status: str | None):
                        params={}, latest={})
 
 
+def test_plan_restarts_failed_runs_when_asked_and_drops_their_checkpoints():
+    failed = _point(1.0)
+    runs = {failed.trial_id: _run("sigma1", "FAILED", "failed")}
+    plan = plan_sweep([failed], runs, {failed.trial_id: "/c/3"}, restart_failed=True)
+    assert plan.actions == {failed.trial_id: Action.RESTART}
+    assert plan.checkpoints == {} and plan.restarting == {failed.trial_id}
+    assert "0 resumed from checkpoints, 1 restarted" in "\n".join(plan.describe())
+
+
 def test_plan_keeps_finished_resumes_interrupted_runs_new_and_reports_stale_runs():
     done, interrupted, new = _point(0.1), _point(1.0), _point(10.0)
     runs = {done.trial_id: _run("sigma0.1", "FINISHED", "finished"),

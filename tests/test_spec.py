@@ -536,3 +536,17 @@ def test_spec_module_imports_nothing_heavy():
             "heavy = sorted({'ray', 'mlflow', 'torch'} & set(sys.modules)); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_names_that_clash_on_six_id_characters_get_the_whole_id():
+    from orchestrator.expand import _unique_names
+
+    assert _unique_names(["a", "a", "b"], ["abcdef01", "abcdef02", "99"]) == \
+        ["a-abcdef01", "a-abcdef02", "b"]
+    assert _unique_names(["a", "a"], ["111111aa", "222222bb"]) == ["a-111111", "a-222222"]
+
+
+def test_true_and_1_are_different_values_of_a_key():
+    from orchestrator.expand import varying_keys
+
+    assert varying_keys([{"k": True, "n": 1}, {"k": 1, "n": 1.0}], ["k", "n"]) == ["k"]
