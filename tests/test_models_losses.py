@@ -97,7 +97,7 @@ def _hand_loss(name: str, z: torch.Tensor, labels: torch.Tensor) -> list[float]:
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "hinge", "squared"])
-@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_loss_values_match_hand_formulas(name, temperature):
     got = per_example_loss(LOGITS, LABELS, name, temperature)
     assert got.tolist() == pytest.approx(_hand_loss(name, LOGITS.detach() / temperature, LABELS))
