@@ -144,5 +144,5 @@ def test_hidden_layer_dynamics_match_a_hand_computation(tmp_path):
     assert last[contract.DYN_GRAD_NORM_RATIO_HIDDEN] == pytest.approx(
         float(grad.norm() / weight.detach().norm()), rel=1e-5)
     assert last[contract.DYN_WEIGHT_CHANGE_HIDDEN] == pytest.approx(
-        float((weight - initial).norm() / initial.norm()), rel=1e-5)
+        float((weight.detach() - initial).norm() / initial.norm()), rel=1e-5)
     assert last[contract.DYN_WEIGHT_CHANGE_HIDDEN] > 0
