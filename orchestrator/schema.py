@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field
 
-from orchestrator.spec import (DEFAULT_MAX_FAILURES, LINK_SEPARATOR, MIN_CONCURRENT, MIN_FAILURES,
+from orchestrator.spec import (DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRIALS, LINK_SEPARATOR, MIN_CONCURRENT, MIN_FAILURES,
                                NAME_PATTERN, RESOURCE_DOCS, RESOURCE_KEYS, RESOURCE_MINIMUM,
                                SPEC_KEY_DOCS, TOP_LEVEL_KEYS, Resources)
 from workers.config import TrialConfig, key_types
@@ -137,6 +137,7 @@ def _spec_model() -> type[pydantic.BaseModel]:
         "resources": (resources | None, None),
         "max_concurrent": (Annotated[int, Field(ge=MIN_CONCURRENT)] | None, None),
         "max_failures": (Annotated[int, Field(ge=MIN_FAILURES)], DEFAULT_MAX_FAILURES),
+        "max_trials": (Annotated[int, Field(ge=1)], DEFAULT_MAX_TRIALS),
         "tracking_uri": (not_blank | None, None),
         "storage": (not_blank | None, None),
     }

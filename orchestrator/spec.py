@@ -57,6 +57,9 @@ SPEC_KEY_DOCS = {
     "resources": "What Ray reserves for each trial; default {cpu: 1, gpu: 0}.",
     "max_concurrent": "Most trials running at once; null = as many as the resources allow.",
     "max_failures": "Automatic retries of a failed trial (from its last checkpoint).",
+    "max_trials": "The most trials the sweep may have (default 10,000): a larger grid, most "
+                  "likely a typo, is refused before it is expanded. Raise it to run a bigger "
+                  "sweep deliberately.",
     "tracking_uri": "MLflow tracking URI, used when neither --tracking-uri nor "
                     "MLFLOW_TRACKING_URI is set; null = an embedded server.",
     "storage": "Tune storage path (local folder, NFS, s3://); null = ./xmem-runs.",
@@ -71,6 +74,7 @@ RESOURCE_KEYS = tuple(RESOURCE_DOCS)
 # no CPU at all; GPUs may be 0 or any fraction.
 RESOURCE_MINIMUM = {"cpu": (0.0, True), "gpu": (0.0, False)}
 MIN_CONCURRENT, MIN_FAILURES = 1, 0
+DEFAULT_MAX_TRIALS = 10_000
 # The sweep name becomes an MLflow experiment name, a Tune run name and a folder name.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -102,6 +106,7 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = None
     max_failures: int = DEFAULT_MAX_FAILURES
+    max_trials: int = DEFAULT_MAX_TRIALS
     tracking_uri: str | None = None
     """None: the environment's, or an embedded server (``orchestrator.settings``)."""
     storage: str | None = None
@@ -176,21 +181,46 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
                                 problems, nullable=True)
     max_failures = _check_int("max_failures", raw.get("max_failures", DEFAULT_MAX_FAILURES),
                               MIN_FAILURES, problems, nullable=False)
+    max_trials = _check_int("max_trials", raw.get("max_trials", DEFAULT_MAX_TRIALS), 1, problems,
+                            nullable=False)
     tracking_uri = _check_optional_str("tracking_uri", raw.get("tracking_uri"), problems,
                                        non_empty=True)
     storage = _check_optional_str("storage", raw.get("storage"), problems, non_empty=True)
 
     if defaults is None or grid is None or exclude is None or include is None:
         return None, problems, False
+    too_many = _size_problem(grid, include, max_trials or DEFAULT_MAX_TRIALS)
+    if too_many:  # counted from the axes: a typo's million points are never expanded
+        return None, problems + [too_many], False
     problems += _sweep_problems(expand_candidates(defaults, grid, exclude, include), exclude)
     if problems:
         return None, problems, True
     spec = SweepSpec(
         name=name, description=description or "", defaults=defaults, axes=tuple(grid),
         exclude=exclude, include=include, resources=resources, max_concurrent=max_concurrent,
-        max_failures=max_failures, tracking_uri=tracking_uri, storage=storage, path=source,
+        max_failures=max_failures, max_trials=max_trials, tracking_uri=tracking_uri,
+        storage=storage, path=source,
         raw=raw)
     return spec, [], True
+
+
+def _size_problem(axes: list[Axis], include: list[dict], limit: int) -> str | None:
+    """The problem of a sweep with more than ``limit`` trials (grid points before exclusion,
+    plus include entries), naming each axis's length and the first and last grid points;
+    None when it fits."""
+    points = math.prod(len(axis.steps) for axis in axes) if axes else 0
+    if points + len(include) <= limit:
+        return None
+    sizes = " x ".join(f"{axis.label} {len(axis.steps)}" for axis in axes)
+    extra = f" + {len(include)} include entr{'y' if len(include) == 1 else 'ies'}" if include else ""
+
+    def point(index: int) -> str:
+        return ", ".join(f"{key}={format_value(value)}" for axis in axes
+                         for key, value in zip(axis.keys, axis.steps[index]))
+
+    return (f"grid: {points + len(include):,} trials ({sizes}{extra}) exceed max_trials "
+            f"({limit:,}); the grid runs from {point(0)} to {point(-1)}. Check the grid for a "
+            f"typo, or set max_trials: {points + len(include)} in the spec to run it deliberately")
 
 
 def _check_name(value: Any, problems: list[str]) -> str | None:

@@ -550,3 +550,61 @@ def test_true_and_1_are_different_values_of_a_key():
     from orchestrator.expand import varying_keys
 
     assert varying_keys([{"k": True, "n": 1}, {"k": 1, "n": 1.0}], ["k", "n"]) == ["k"]
+
+
+# --- grid size ----------------------------------------------------------------------------
+
+def _hundred(key: str) -> str:
+    return f"{key}: [{', '.join(str(i + (2 if key == 'probe_per_class' else 0)) for i in range(100))}]"
+
+
+def test_a_million_point_grid_is_refused_from_its_axes_without_expanding(tmp_path, monkeypatch):
+    import orchestrator.spec as spec_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the grid was expanded")
+
+    monkeypatch.setattr(spec_module, "expand_candidates", never)
+    error = load_error(tmp_path, f"""
+        name: typo
+        grid:
+          {_hundred("seed")}
+          {_hundred("data_seed")}
+          {_hundred("probe_per_class")}
+        include: [{{seed: 7}}]
+        """)
+    message = str(error)
+    assert "1,000,001 trials (seed 100 x data_seed 100 x probe_per_class 100 + 1 include entry)" in message
+    assert "exceed max_trials (10,000)" in message
+    assert "from seed=0, data_seed=0, probe_per_class=2 to seed=99, data_seed=99, probe_per_class=101" in message
+    assert "set max_trials: 1000001" in message
+
+
+def test_max_trials_lets_a_big_sweep_through_deliberately(tmp_path):
+    grid = """
+        name: big
+        grid:
+          sigma: [0.1, 1.0, 10.0]
+          seed: [0, 1, 2, 3]
+        """
+    assert "12 trials (sigma 3 x seed 4) exceed max_trials (10)" in str(
+        load_error(tmp_path, grid + "max_trials: 10\n"))
+    assert len(trials_of(tmp_path, grid + "max_trials: 12\n")) == 12
+    assert "max_trials: must be an integer >= 1" in str(load_error(tmp_path, grid + "max_trials: 0\n"))
+
+
+def test_dry_run_of_a_million_point_grid_answers_with_the_count(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import assert_user_error
+    from orchestrator.cli import main
+
+    path = write_spec(tmp_path, f"""
+        name: typo
+        grid:
+          {_hundred("seed")}
+          {_hundred("data_seed")}
+          {_hundred("probe_per_class")}
+        """)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--dry-run"])
+    assert_user_error(result, "1,000,000 trials", "max_trials")

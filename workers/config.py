@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -145,11 +146,13 @@ class TrialConfig:
         if problems:
             raise ConfigError(problems, source=source,
                               hint="Valid keys and their meaning: xmem trial --help-keys")
-        coerced = {k: _coerce(_field_types()[k], v) for k, v in values.items()}
+        types = _field_types()
+        coerced = {k: _coerce(types[k], v) for k, v in values.items()}
         return cls(**coerced)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Every field is a scalar: no deep copy needed (dataclasses.asdict would make one).
+        return {name: getattr(self, name) for name in _fields()}
 
     def identity(self) -> dict[str, Any]:
         """The keys that can change a trial's results (what a trial id is a hash of)."""
@@ -164,6 +167,12 @@ def key_types() -> dict[str, tuple[type, bool]]:
     return {key: _base_type(annotation) for key, annotation in _field_types().items()}
 
 
+@functools.cache
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrialConfig)}
+
+
+@functools.cache  # typing.get_type_hints is slow: a 10,000-trial sweep validates 10,000 configs
 def _field_types() -> dict[str, Any]:
     hints = typing.get_type_hints(TrialConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrialConfig)}
@@ -197,7 +206,7 @@ def _coerce(annotation: Any, value: Any) -> Any:
 
 def key_problems(key: Any, value: Any) -> list[str]:
     """Problems with one trial key and its value alone (no cross-key rules)."""
-    fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
+    fields = _fields()
     if key not in fields:
         return [f"unknown key '{key}'{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}"]
     kind, nullable = _base_type(_field_types()[key])
@@ -241,7 +250,7 @@ def _is_finite(number: int | float) -> bool:
 
 def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems between keys of a config whose keys are each valid (missing keys = defaults)."""
-    merged = {f.name: f.default for f in dataclasses.fields(TrialConfig)} | dict(values)
+    merged = {name: f.default for name, f in _fields().items()} | dict(values)
     problems = []
     if merged["model"] == "convnet":
         height, width, _ = FACTS[merged["dataset"]].image_shape
