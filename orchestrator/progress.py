@@ -21,6 +21,7 @@ from workers.contract import STATUS_FINISHED as FINISHED
 from workers.contract import STATUS_PENDING as PENDING
 from workers.contract import STATUS_RUNNING as RUNNING
 from workers.contract import TRIAL_STATUSES as STATES
+from workers.contract import ERROR_USER, RESULT_STATUSES
 
 # The end-of-sweep table's metric columns (labels and formats: orchestrator.text).
 RESULTS_TABLE_METRICS = (contract.TRAIN_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD)
@@ -137,15 +138,40 @@ class SweepProgress:
 
 
 def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) -> str:
-    """The end-of-sweep table: varying keys, status, then ``RESULTS_TABLE_METRICS``.
+    """The end-of-sweep table: varying keys, status, then ``RESULTS_TABLE_METRICS``, and an
+    ``error`` column (each failed trial's error in one line) when a trial has one.
 
-    ``rows`` hold the varying keys' values plus ``name``, ``status``, and metric values
-    under their metric names (missing = not logged).
+    ``rows`` hold the varying keys' values plus ``name``, ``status``, metric values under
+    their metric names (missing = not logged) and ``error`` (None unless failed).
     """
+    errors = any(row.get("error") for row in rows)
     header = (["trial"] + varying_keys + ["status"]
-              + [METRIC_LABELS[name] for name in RESULTS_TABLE_METRICS])
+              + [METRIC_LABELS[name] for name in RESULTS_TABLE_METRICS] + (["error"] if errors else []))
     body = [[row["name"]] + [format_value(row.get(k), missing="-") for k in varying_keys]
             + [row.get("status") or "-"]
             + [format_metric(name, row.get(name)) for name in RESULTS_TABLE_METRICS]
+            + ([row.get("error") or ""] if errors else [])
             for row in rows]
     return format_table(header, body, rule=True)
+
+
+def closing_advice(rows: list[dict[str, Any]], rerun: str) -> list[str]:
+    """What to do about the trials that did not finish, by why: a user error needs its input
+    fixed first (rerunning as is fails the same way); a crash or an interruption resumes on
+    a rerun. ``rerun`` is the command that reruns the sweep. Empty when all finished."""
+    undone = [row for row in rows if row.get("status") not in RESULT_STATUSES]
+    user = [row for row in undone if row.get("error_kind") == ERROR_USER]
+    others = [row for row in undone if row.get("error_kind") != ERROR_USER]
+    advice = []
+    if user:
+        advice.append(f"{count(len(user), 'trial')} failed on a user error (the error column): "
+                      f"fix the spec or the data, then rerun: {rerun}")
+    if others:
+        failed = sum(row.get("status") == FAILED for row in others)
+        what = (f"{count(failed, 'trial')} failed (error.txt in their MLflow runs)" if failed
+                else "") + (", " if failed and len(others) > failed else "")
+        what += (f"{count(len(others) - failed, 'trial')} did not finish"
+                 if len(others) > failed else "")
+        advice.append(f"{what}. Rerun to resume them: {rerun}  (or add --restart-failed to "
+                      "start failed ones over)")
+    return advice

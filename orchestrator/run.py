@@ -25,16 +25,19 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.expand import TrialPoint, expand_trials, shown_keys
 from orchestrator.plan import SweepPlan, plan_sweep
-from orchestrator.progress import (RESULTS_TABLE_METRICS, SweepProgress, format_results_table,
-                                   format_trial_table)
+from orchestrator.progress import (RESULTS_TABLE_METRICS, SweepProgress, closing_advice,
+                                   format_results_table, format_trial_table)
 from orchestrator.settings import SweepSettings, local_mlflow_root, resolve_settings
 from orchestrator.spec import SweepSpec, load_spec
 from orchestrator.text import format_seconds
 from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
-from workers.contract import (RUN_FAILED, RUN_FINISHED, STATUS_FAILED, TAG_SPEC_PATH, TAG_STORAGE,
-                              TrialPayload)
+from workers.contract import (RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, TAG_SPEC_PATH,
+                              TAG_STORAGE, TrialPayload)
 from workers.errors import XmemError
+
+# Exit codes of xmem sweep / resume beyond 0 (done) and 2 (a user error before the start).
+EXIT_UNFINISHED, EXIT_INTERRUPTED = 1, 130
 
 if TYPE_CHECKING:  # heavy modules, imported by the steps that need them
     from orchestrator.tracking.server import LocalTrackingServer
@@ -50,6 +53,16 @@ class SweepOutcome:
     tracking_uri: str
     experiment_url: str
     timings: dict[str, float]
+    interrupted: bool = False
+    """Ctrl-C (SIGINT) stopped the trials before they ended."""
+
+    @property
+    def exit_code(self) -> int:
+        """0: every trial finished or diverged; 130: interrupted; 1: some trials failed or
+        did not finish (the output says how to continue)."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return 0 if all(row["status"] in RESULT_STATUSES for row in self.rows) else EXIT_UNFINISHED
 
 
 @dataclass
@@ -102,18 +115,19 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         tracker = SweepTracker(services.uri, spec.name)
         plan, run_ids = _plan(tracker, spec, spec_path, trials, settings, restart_failed, echo)
         trials_started = time.perf_counter()
-        errors = _launch(spec, plan, run_ids, services.uri, settings, echo, live)
+        errors, interrupted = _launch(spec, plan, run_ids, services.uri, settings, echo, live)
         timings["trials_s"] = time.perf_counter() - trials_started
         runs = _reconcile(tracker, errors)
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
-        failed = sum(row["status"] == STATUS_FAILED for row in rows)
-        tracker.finish_parent_run(RUN_FAILED if failed else RUN_FINISHED)
+        done = all(row["status"] in RESULT_STATUSES for row in rows)
+        tracker.finish_parent_run(RUN_FINISHED if done else RUN_FAILED)
         url = tracker.experiment_url()
     finally:
         services.stop()
     timings["total_s"] = time.perf_counter() - started
-    _summarize(spec, spec_path, trials, rows, failed, timings, services.server, url, echo)
-    return SweepOutcome(spec, trials, rows, services.uri, url, timings)
+    outcome = SweepOutcome(spec, trials, rows, services.uri, url, timings, interrupted)
+    _summarize(outcome, spec_path, services.server, echo)
+    return outcome
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -166,11 +180,12 @@ def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list
 
 
 def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str], uri: str,
-            settings: SweepSettings, echo: Callable[[str], None], live: bool) -> dict[str, str]:
-    """Run the plan's trials on Tune with a live progress display: trial id -> error text
-    for each trial that ended in error."""
+            settings: SweepSettings, echo: Callable[[str], None], live: bool
+            ) -> tuple[dict[str, str], bool]:
+    """Run the plan's trials on Tune with a live progress display: (trial id -> error text
+    for each trial that ended in error, whether Ctrl-C stopped them)."""
     if not plan.to_run:
-        return {}
+        return {}, False
     from orchestrator import tune_runner
 
     payloads = [TrialPayload(trial=worker_config(t.config).to_dict(), trial_id=t.trial_id,
@@ -179,13 +194,13 @@ def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str], uri: str,
                 for t in plan.to_run]
     progress = SweepProgress({t.trial_id: t.config.epochs for t in plan.to_run}, echo=echo,
                              live=live)
-    errors = tune_runner.run_trials(
+    ran = tune_runner.run_trials(
         spec.name, payloads, storage=settings.storage, cpu=spec.resources.cpu,
         gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
         max_failures=spec.max_failures, events=progress,
         session=time.strftime("%Y%m%d-%H%M%S"))
     progress.close()
-    return errors
+    return ran.errors, ran.interrupted
 
 
 def _reconcile(tracker: "SweepTracker", errors: dict[str, str]) -> dict[str, TrialRecord]:
@@ -199,24 +214,25 @@ def _reconcile(tracker: "SweepTracker", errors: dict[str, str]) -> dict[str, Tri
     return tracker.trial_runs() if died else runs
 
 
-def _summarize(spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
-               rows: list[dict[str, Any]], failed: int, timings: dict[str, float],
-               server: "LocalTrackingServer | None", url: str,
+def _summarize(outcome: SweepOutcome, spec_path: str, server: "LocalTrackingServer | None",
                echo: Callable[[str], None]) -> None:
     """The results table, the timings, and what to do next."""
+    timings = outcome.timings
     echo("")
-    echo(format_results_table(rows, shown_keys(trials)))
+    echo(format_results_table(outcome.rows, shown_keys(outcome.trials)))
     echo("")
-    echo(f"{len(trials)} trial(s) in {format_seconds(timings['total_s'])} "
+    echo(f"{len(outcome.trials)} trial(s) in {format_seconds(timings['total_s'])} "
          f"(Ray start-up {timings['ray_start_s']:.1f} s"
          + (f", MLflow server ready after {timings['mlflow_start_s']:.1f} s" if server else "") + ")")
-    if failed:
-        echo(f"{failed} trial(s) failed (error.txt in their MLflow runs). Rerun to resume them: "
-             f"xmem sweep {spec_path}  (or add --restart-failed to start them over)")
+    if outcome.interrupted:
+        echo("Interrupted (Ctrl-C): the trials that were running stopped.")
+    for line in closing_advice(outcome.rows, f"xmem sweep {spec_path}"):
+        echo(line)
     if server is not None:
-        echo(f"Browse the runs: xmem ui --store {server.root}   (MLflow experiment '{spec.name}')")
+        echo(f"Browse the runs: xmem ui --store {server.root}   "
+             f"(MLflow experiment '{outcome.spec.name}')")
     else:
-        echo(f"Browse the runs: {url}")
+        echo(f"Browse the runs: {outcome.experiment_url}")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -254,6 +270,7 @@ def _result_row(trial: TrialPoint, run: TrialRecord | None) -> dict[str, Any]:
         return row
     row["status"] = run.status
     row["run_id"] = run.run_id
+    row["error"], row["error_kind"] = run.error, run.error_kind
     for name in RESULTS_TABLE_METRICS:
         row[name] = run.last_value(name)
     return row

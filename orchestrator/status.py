@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from orchestrator.text import METRIC_LABELS, format_metric, format_table
 from orchestrator.tracking.records import TrialRecord
@@ -14,19 +14,25 @@ from workers import contract
 from workers.contract import TAG_ATTEMPTS, TAG_SPEC_PATH, TAG_STORAGE
 from workers.errors import XmemError
 
+if TYPE_CHECKING:
+    from orchestrator.run import SweepOutcome
+
 STATUS_METRICS = (contract.TRAIN_ACC, contract.TEST_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD)
 
 
 def format_status(sweep: str, records: list[TrialRecord]) -> str:
     """One line per trial (state, attempts, epochs done, last metrics), then the totals."""
-    header = ["trial", "state", "attempts", "epochs"] + [METRIC_LABELS[name] for name in STATUS_METRICS]
+    errors = any(record.error for record in records)
+    header = (["trial", "state", "attempts", "epochs"]
+              + [METRIC_LABELS[name] for name in STATUS_METRICS] + (["error"] if errors else []))
     rows = []
     for record in sorted(records, key=lambda r: r.name):
         epochs = record.epochs_done
         total = record.params.get("epochs")
         rows.append([record.name, record.status, record.tags.get(TAG_ATTEMPTS, "0"),
                      f"{'-' if epochs is None else epochs}/{total}"]
-                    + [format_metric(name, record.last_value(name)) for name in STATUS_METRICS])
+                    + [format_metric(name, record.last_value(name)) for name in STATUS_METRICS]
+                    + ([record.error or ""] if errors else []))
     counts = collections.Counter(row[1] for row in rows)
     totals = f"{sweep}: {len(rows)} trial(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     return format_table(header, rows, rule=True) + "\n\n" + totals
@@ -44,7 +50,7 @@ def sweep_status(sweep: str, *, tracking_uri: str | None = None, store: str | No
 
 def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,
                  address: str | None = None, restart_failed: bool = False,
-                 echo: Callable[[str], None] = print, live: bool = False) -> None:
+                 echo: Callable[[str], None] = print, live: bool = False) -> "SweepOutcome | None":
     """Rerun sweep ``sweep`` from the spec and storage its parent run recorded."""
     from orchestrator.run import run_sweep
     from orchestrator.tracking.reader import SweepReader
@@ -56,8 +62,9 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | No
     if not spec_path or not Path(spec_path).is_file():
         spec_path = _spec_from_parent_run(sweep, tracking_uri, store, spec_path)
     echo(f"resuming sweep {sweep} from {spec_path} (storage {storage})")
-    run_sweep(spec_path, address=address, tracking_uri=tracking_uri, storage=storage,
-              restart_failed=restart_failed, store=None if tracking_uri else store, echo=echo, live=live)
+    return run_sweep(spec_path, address=address, tracking_uri=tracking_uri, storage=storage,
+                     restart_failed=restart_failed, store=None if tracking_uri else store,
+                     echo=echo, live=live)
 
 
 def _spec_from_parent_run(sweep: str, tracking_uri: str | None, store: str | None,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -98,9 +100,23 @@ class TrialEvents:
     def tick(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class TrialsRun:
+    """What ``run_trials`` saw."""
+
+    errors: dict[str, str]
+    """trial id -> error text, for every trial that ended in error (after its retries)."""
+    interrupted: bool
+    """Ctrl-C stopped the run before every trial ended."""
+
+
+def _interrupt_marker(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, cpu: float,
                gpu: float, max_concurrent: int | None, max_failures: int,
-               events: TrialEvents, session: str) -> dict[str, str]:
+               events: TrialEvents, session: str) -> TrialsRun:
     """Run every trial payload as one Tune experiment.
 
     Each trial holds ``cpu`` CPUs and ``gpu`` GPUs (fractions pack trials on a GPU), is
@@ -109,8 +125,8 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
     invocation writes its own trial folders, so a resumed trial never overwrites the
     checkpoint it started from.
 
-    Returns:
-        trial id -> error text, for every trial that ended in error (after its retries).
+    Ctrl-C: Tune's own SIGINT handler stops the trials and returns; it puts back the handler
+    it found, which is how this function learns of the interrupt (``TrialsRun.interrupted``).
     """
     names = {p.trial_id: p.name for p in payloads}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
@@ -132,6 +148,22 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
             verbose=0,
         ),
     )
-    results = tuner.fit()
-    return {TrialPayload.of_tune_config(result.config).trial_id: str(result.error)
-            for result in results if result.error is not None}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    if in_main_thread:
+        signal.signal(signal.SIGINT, _interrupt_marker)
+    try:
+        results = tuner.fit()
+    finally:
+        interrupted = in_main_thread and signal.getsignal(signal.SIGINT) is _interrupt_marker \
+            and not _tune_sigint_disabled()
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    errors = {TrialPayload.of_tune_config(result.config).trial_id: str(result.error)
+              for result in results if result.error is not None}
+    return TrialsRun(errors, interrupted)
+
+
+def _tune_sigint_disabled() -> bool:
+    """Whether the user turned Tune's SIGINT handler off (then Ctrl-C raises KeyboardInterrupt)."""
+    return bool(int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))

@@ -132,3 +132,14 @@ def test_convnet_over_a_table_of_too_small_images_is_a_user_error(tmp_path):
                      "--set", f"data_file={table}", "--set", f"data_dir={tmp_path}",
                      "--set", "probe_per_class=2", "--set", "epochs=1")
     assert_user_error(result, f"data_file {table}", "12x12", "at least 15x15", "model mlp")
+
+
+def test_error_summary_is_one_line_naming_what_went_wrong():
+    from workers.errors import ConfigError, XmemError, error_summary
+
+    config_error = ConfigError(["'sigma' must be > 0, got -1", "'lr' must be > 0"], source="sweep trial")
+    assert error_summary(config_error) == "sweep trial: 'sigma' must be > 0, got -1"
+    assert error_summary(XmemError("data_file x.parquet: no such file\nrun xmem ...")) == \
+        "data_file x.parquet: no such file"
+    assert error_summary(RuntimeError("\nboom\nmore")) == "RuntimeError: boom"
+    assert error_summary(MemoryError()) == "MemoryError"

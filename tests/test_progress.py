@@ -108,3 +108,64 @@ def test_values_read_as_yaml_in_every_table():
     table = format_results_table([{"name": "a", "shuffle_labels": True, "status": "finished"}],
                                  ["shuffle_labels"])
     assert table.splitlines()[2].split()[:3] == ["a", "true", "finished"]
+
+
+def test_failed_trials_show_their_error_and_the_advice_fits_the_failure():
+    from orchestrator.progress import closing_advice
+
+    rows = [{"name": "a", "status": "finished", "error": None},
+            {"name": "b", "status": "failed", "error": "sweep trial: 'sigma' must be > 0",
+             "error_kind": "user"},
+            {"name": "c", "status": "failed", "error": "ActorDiedError: killed", "error_kind": "crash"},
+            {"name": "d", "status": "running", "error": None}]
+    lines = format_results_table(rows, []).splitlines()
+    assert lines[0].split()[-1] == "error"
+    assert lines[3].endswith("sweep trial: 'sigma' must be > 0")
+    assert lines[4].endswith("ActorDiedError: killed")
+    advice = closing_advice(rows, "xmem sweep s.yaml")
+    assert advice[0].startswith("1 trial failed on a user error") and "fix the spec" in advice[0]
+    assert advice[1].startswith("1 trial failed (error.txt in their MLflow runs), 1 trial did not "
+                                "finish. Rerun to resume them: xmem sweep s.yaml")
+    assert closing_advice(rows[:1], "xmem sweep s.yaml") == []
+    assert "error" not in format_results_table(rows[:1], []).splitlines()[0]
+
+
+def test_status_shows_a_failed_trials_error():
+    from orchestrator.status import format_status
+    from orchestrator.tracking.records import TrialRecord
+
+    failed = TrialRecord(run_id="r", name="sigma1", trial_id="t", run_status="FAILED",
+                         tags={"xmem.status": "failed", "xmem.error": "data_file x: no such file",
+                               "xmem.error_kind": "user"}, params={"epochs": "3"}, latest={})
+    lines = format_status("sw", [failed]).splitlines()
+    assert lines[0].split()[-1] == "error" and lines[2].endswith("data_file x: no such file")
+    assert failed.error_kind == "user"
+
+
+def test_sweep_exit_codes_tell_the_truth():
+    from orchestrator.run import SweepOutcome
+
+    def outcome(*statuses, interrupted=False):
+        return SweepOutcome(spec=None, trials=[], rows=[{"status": s} for s in statuses],
+                            tracking_uri="", experiment_url="", timings={},
+                            interrupted=interrupted)
+
+    assert outcome("finished", "diverged").exit_code == 0
+    assert outcome("finished", "failed").exit_code == 1
+    assert outcome("finished", "running").exit_code == 1
+    assert outcome("finished", None).exit_code == 1
+    assert outcome("finished", "running", interrupted=True).exit_code == 130
+
+
+def test_ctrl_c_outside_the_trials_exits_130(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import orchestrator.run
+    from orchestrator.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(orchestrator.run, "run_sweep", interrupted)
+    result = CliRunner().invoke(main, ["sweep", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 130 and "interrupted" in result.output

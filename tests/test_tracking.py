@@ -347,11 +347,14 @@ def test_fail_ends_the_run_failed_with_the_error_text(mlflow_server, client, tri
     logger = TrialRunLogger(mlflow_server.uri, run_id)
     logger.start({})
     logger.log_record(_records()[0])
-    logger.fail("Traceback (most recent call last):\nRuntimeError: boom\n")
+    logger.fail("Traceback (most recent call last):\nRuntimeError: boom\n", "RuntimeError: boom",
+                contract.ERROR_CRASH)
 
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["xmem.status"] == "failed"
+    assert run.data.tags["xmem.error"] == "RuntimeError: boom"
+    assert run.data.tags["xmem.error_kind"] == "crash"
     assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0)]
     error_file = client.download_artifacts(run_id, "error.txt", str(tmp_path))
     assert "RuntimeError: boom" in Path(error_file).read_text()

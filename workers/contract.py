@@ -69,6 +69,8 @@ TAG_START_EPOCH = "xmem.start_epoch"  # the epoch the current attempt started fr
 TAG_ATTEMPT_SECONDS = "xmem.attempt_seconds"        # wall time of the last attempt in the worker
 TAG_CHECKPOINT_SECONDS = "xmem.checkpoint_seconds"  # of which saving checkpoints
 TAG_CHECKPOINTS = "xmem.checkpoints"                # checkpoints the last attempt saved
+TAG_ERROR = "xmem.error"              # a failed trial: the first line of its error
+TAG_ERROR_KIND = "xmem.error_kind"    # a failed trial: user (fix the input) | crash (rerun)
 TAG_STORAGE = "xmem.storage"          # on the parent run: the sweep's Tune storage
 TAG_SPEC_PATH = "xmem.spec_path"      # on the parent run: the spec file last run
 TAG_PARENT_RUN = "mlflow.parentRunId"
@@ -76,6 +78,10 @@ TAG_NOTE = "mlflow.note.content"      # the description the MLflow UI shows
 TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 
 ROLE_PARENT, ROLE_TRIAL = "parent", "trial"
+# Why a trial failed: a user error fails the same way on every rerun (fix the input first); a
+# crash (a killed worker, a lost server, a bug) may pass on a rerun, which resumes the trial.
+ERROR_USER, ERROR_CRASH = "user", "crash"
+ERROR_SUMMARY_LENGTH = 300  # characters of the error's first line kept in the tag
 
 
 def tag_int(tags: Mapping[str, str], name: str) -> int | None:

@@ -30,5 +30,14 @@ class ConfigError(XmemError):
         super().__init__("\n".join(lines))
 
 
+def error_summary(error: BaseException) -> str:
+    """One line saying what went wrong, for tables and tags: a config error's first problem
+    (its source and key), a user error's first line, else ``Type: first line``."""
+    if isinstance(error, ConfigError) and error.problems:
+        return f"{error.source}: {error.problems[0]}"
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return text if isinstance(error, XmemError) else f"{type(error).__name__}: {text}".rstrip(": ")
+
+
 class DatasetUnavailable(XmemError):
     """A dataset's files are missing or unreadable (e.g. offline without a download)."""

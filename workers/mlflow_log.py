@@ -45,7 +45,7 @@ from workers import contract
 from workers.config import TrialConfig
 from workers.contract import (ALIGNMENT_ARTIFACT, CONFIG_ARTIFACT, ERROR_ARTIFACT, HISTORY_ARTIFACT,
                               STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
-                              TAG_ATTEMPTS, TAG_STATUS, WEIGHTS_ARTIFACT)
+                              TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS, WEIGHTS_ARTIFACT)
 from workers.env_defaults import env_defaults
 from workers.trial import EpochRecord
 
@@ -167,8 +167,10 @@ class TrialRunLogger:
         self.flush()
         self._terminate(status, RunStatus.FINISHED)
 
-    def fail(self, error_text: str) -> None:
-        """Send what it can, attach ``error.txt``, tag ``xmem.status`` failed, end FAILED.
+    def fail(self, error_text: str, summary: str, kind: str) -> None:
+        """Send what it can, attach ``error.txt`` (``error_text``: the whole story), tag
+        ``xmem.status`` failed, ``xmem.error`` (``summary``: one line) and ``xmem.error_kind``
+        (``kind``: ``contract.ERROR_USER`` or ``ERROR_CRASH``), end FAILED.
 
         A failing flush is logged and skipped (the metrics stay in ``pending``); errors of
         the remaining calls propagate.
@@ -180,11 +182,13 @@ class TrialRunLogger:
                          len(self.pending), self.run_id, error)
         with client_env():
             self.client.log_text(self.run_id, error_text, ERROR_ARTIFACT)
-        self._terminate(STATUS_FAILED, RunStatus.FAILED)
+        self._terminate(STATUS_FAILED, RunStatus.FAILED, {
+            TAG_ERROR: summary[:contract.ERROR_SUMMARY_LENGTH], TAG_ERROR_KIND: kind})
 
-    def _terminate(self, xmem_status: str, run_status: int) -> None:
+    def _terminate(self, xmem_status: str, run_status: int, tags: dict[str, str] | None = None) -> None:
+        tags = {**(tags or {}), TAG_STATUS: xmem_status}
         with client_env():
-            self.client.log_batch(self.run_id, tags=[RunTag(TAG_STATUS, xmem_status)])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(run_status))
 
 

@@ -34,10 +34,11 @@ from ray import tune
 
 from workers.checkpoint import TrialCheckpoint, load_checkpoint, save_checkpoint
 from workers.config import TrialConfig
-from workers.contract import (REPORT_EPOCH, REPORT_STATUS, STATUS_FAILED, TAG_ATTEMPT_SECONDS,
+from workers.contract import (ERROR_CRASH, ERROR_USER, REPORT_EPOCH, REPORT_STATUS, STATUS_FAILED,
+                              TAG_ATTEMPT_SECONDS,
                               TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE, TAG_HOST,
                               TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH, TrialPayload)
-from workers.errors import XmemError
+from workers.errors import XmemError, error_summary
 from workers.mlflow_log import TrialRunLogger, is_transient
 from workers.trial import Trial
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
@@ -204,15 +205,15 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
     except XmemError as error:
         # A user error (a missing dataset, images too small for the model) fails the same way
         # on every retry: end the trial failed now instead of spending max_failures retries.
-        _end_failed(logger, f"{error}\n\n{traceback.format_exc()}")
+        _end_failed(logger, f"{error}\n\n{traceback.format_exc()}", error_summary(error), ERROR_USER)
         tune.report({REPORT_STATUS: STATUS_FAILED})
-    except BaseException:
-        _end_failed(logger, traceback.format_exc())
+    except BaseException as error:
+        _end_failed(logger, traceback.format_exc(), error_summary(error), ERROR_CRASH)
         raise
 
 
-def _end_failed(logger: TrialRunLogger, error_text: str) -> None:
+def _end_failed(logger: TrialRunLogger, error_text: str, summary: str, kind: str) -> None:
     try:
-        logger.fail(error_text)
+        logger.fail(error_text, summary, kind)
     except Exception:  # the server may be the reason we are failing
         pass

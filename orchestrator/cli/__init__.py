@@ -12,15 +12,24 @@ import click
 from workers.errors import XmemError
 
 
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
 class XmemGroup(click.Group):
-    """Maps user errors to exit code 2 with a message and no traceback."""
+    """Maps user errors to exit code 2 with a message and no traceback, and Ctrl-C to 130
+    (the shell's convention for SIGINT). ``xmem sweep`` and ``resume`` exit 1 themselves when
+    trials failed or did not finish."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except XmemError as error:
             click.echo(f"error: {error}", err=True)
-            ctx.exit(2)
+            ctx.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted (Ctrl-C); a sweep resumes where it stopped when run again",
+                       err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=XmemGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -29,5 +29,8 @@ def resume(name: str, tracking_uri: str | None, store: str | None, address: str 
     """Resume sweep NAME from the spec and storage it last ran with (no YAML path needed)."""
     from orchestrator.status import resume_sweep
 
-    resume_sweep(name, tracking_uri=tracking_uri, store=store, address=address,
-                 restart_failed=restart_failed, echo=click.echo, live=sys.stdout.isatty())
+    outcome = resume_sweep(name, tracking_uri=tracking_uri, store=store, address=address,
+                           restart_failed=restart_failed, echo=click.echo,
+                           live=sys.stdout.isatty())
+    if outcome is not None and outcome.exit_code:
+        sys.exit(outcome.exit_code)

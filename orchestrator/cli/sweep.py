@@ -28,5 +28,8 @@ def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str
     """
     from orchestrator.run import run_sweep
 
-    run_sweep(spec, address=address, tracking_uri=tracking_uri, storage=storage, dry_run=dry_run,
-              restart_failed=restart_failed, echo=click.echo, live=sys.stdout.isatty())
+    outcome = run_sweep(spec, address=address, tracking_uri=tracking_uri, storage=storage,
+                        dry_run=dry_run, restart_failed=restart_failed, echo=click.echo,
+                        live=sys.stdout.isatty())
+    if outcome is not None and outcome.exit_code:
+        sys.exit(outcome.exit_code)

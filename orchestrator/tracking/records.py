@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from workers.contract import TAG_STATUS
+from workers.contract import TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS
 
 
 class LastValue(NamedTuple):
@@ -50,6 +50,17 @@ class TrialRecord:
     def status(self) -> str:
         """``xmem.status``, else MLflow's run status in lower case (a run not yet started)."""
         return self.tags.get(TAG_STATUS) or self.run_status.lower()
+
+    @property
+    def error(self) -> str | None:
+        """A failed trial's error in one line (``xmem.error``); None otherwise."""
+        return self.tags.get(TAG_ERROR)
+
+    @property
+    def error_kind(self) -> str | None:
+        """``user`` (fix the input, then rerun) or ``crash`` (rerun to resume); None when the
+        trial has not failed, or failed under an xmem that did not say."""
+        return self.tags.get(TAG_ERROR_KIND)
 
     @property
     def epochs_done(self) -> int | None:

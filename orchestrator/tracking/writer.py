@@ -31,11 +31,11 @@ import workers
 from orchestrator.tracking.params import config_params
 from orchestrator.tracking.reader import SweepReader, read_client_env, server_errors
 from workers.config import TrialConfig
-from workers.contract import (ERROR_ARTIFACT, ROLE_PARENT, ROLE_TRIAL, RUN_FAILED, RUN_FINISHED,
-                              SPEC_ARTIFACT, STATUS_FAILED,
-                              TAG_ATTEMPTS, TAG_GIT_COMMIT, TAG_MLFLOW_GIT_COMMIT, TAG_NOTE,
-                              TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_COUNT,
-                              TAG_TRIAL_ID, TAG_VERSION)
+from workers.contract import (ERROR_ARTIFACT, ERROR_CRASH, ERROR_SUMMARY_LENGTH, ROLE_PARENT,
+                              ROLE_TRIAL, RUN_FAILED, RUN_FINISHED, SPEC_ARTIFACT, STATUS_FAILED,
+                              TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_GIT_COMMIT,
+                              TAG_MLFLOW_GIT_COMMIT, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS,
+                              TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_VERSION)
 from workers.env_defaults import env_defaults
 from workers.errors import XmemError
 
@@ -158,10 +158,14 @@ class SweepTracker(SweepReader):
 
     def mark_trial_failed(self, run_id: str, error_text: str) -> None:
         """End a trial's run FAILED from the driver, with ``error.txt``: for a worker that
-        died without a word (killed, out of memory) and so could not end its run itself."""
+        died without a word (killed, out of memory) and so could not end its run itself.
+        Its ``xmem.error`` is the first line of ``error_text`` (Tune's), its kind a crash."""
+        summary = next((line.strip() for line in error_text.splitlines() if line.strip()), "")
         with env_defaults(QUIET_CLIENT_ENV):
             self.client.log_text(run_id, error_text, ERROR_ARTIFACT)
-            self.client.set_tag(run_id, TAG_STATUS, STATUS_FAILED)
+            self.client.log_batch(run_id, tags=[
+                RunTag(TAG_STATUS, STATUS_FAILED), RunTag(TAG_ERROR_KIND, ERROR_CRASH),
+                RunTag(TAG_ERROR, summary[:ERROR_SUMMARY_LENGTH])])
             self.client.set_terminated(run_id, status=RUN_FAILED)
 
     def finish_parent_run(self, status: str = RUN_FINISHED) -> None:
