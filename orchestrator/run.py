@@ -4,9 +4,11 @@
 
 1. **load**: read and validate the spec, expand its trials (any problem: ConfigError, nothing
    made); a dry run prints the trial table and stops here;
-2. **services**: resolve address / tracking URI / storage (flag > environment > spec >
-   default), start an embedded MLflow server when there is no tracking URI, and Ray (the two
-   start-ups overlap);
+2. **preflight and services**: resolve address / tracking URI / storage (flag > environment >
+   spec > default); check every dataset source, folder and server the driver can see
+   (``orchestrator.preflight``); start an embedded MLflow server when there is no tracking URI,
+   and Ray (the two start-ups overlap); check the resources against the cluster. Every
+   problem of this step is reported together, and nothing is left behind;
 3. **plan**: create or find the experiment and the parent run, decide what to do with every
    trial (``orchestrator.plan``), and create or find one child run per trial;
 4. **launch**: run the trials on Tune (workers log their own metrics and artifacts);
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,6 @@ from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
 from workers.contract import (RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, TAG_SPEC_PATH,
                               TAG_STORAGE, TrialPayload)
-from workers.errors import XmemError
 
 # Exit codes of xmem sweep / resume beyond 0 (done) and 2 (a user error before the start).
 EXIT_UNFINISHED, EXIT_INTERRUPTED = 1, 130
@@ -104,9 +106,8 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
 
     settings = resolve_settings(spec, address, tracking_uri, storage)
     timings: dict[str, float] = {}
-    services = _start_services(settings, store, timings, started)
+    services = _preflight_and_start(spec, spec_path, trials, settings, store, timings, started)
     try:
-        _check_resources_fit(spec, services.cluster)
         echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({services.cluster.address}: "
              f"{services.cluster.cpus:g} CPU, {services.cluster.gpus:g} GPU), tracking {services.uri}"
              + (" (embedded server)" if services.server else ""))
@@ -132,19 +133,50 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
 
 # --- the steps ------------------------------------------------------------------------------
 
-def _start_services(settings: SweepSettings, store: str | None, timings: dict[str, float],
+def _preflight_and_start(spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
+                         settings: SweepSettings, store: str | None, timings: dict[str, float],
+                         started: float) -> _Services:
+    """Every problem preflight can see (``orchestrator.preflight``), raised together before
+    anything is created; else the started services."""
+    from orchestrator import preflight
+
+    root = None
+    if settings.tracking_uri is None:
+        root = (Path(store) if store else local_mlflow_root(settings.storage)).expanduser().resolve()
+    configs = [worker_config(trial.config) for trial in trials]
+    problems = preflight.local_problems(trials, configs, settings, root)
+    # The embedded server makes its folder: only when nothing is wrong so far, and removed
+    # again when the cluster check fails.
+    created = _first_missing(root) if root is not None and not problems else None
+    services = _start_services(settings, root if not problems else None, timings, started)
+    problems += preflight.cluster_problems(spec, services.cluster)
+    if problems:
+        services.stop()
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise preflight.report(spec_path, problems)
+    return services
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (None: it exists)."""
+    missing = None
+    while not folder.exists():
+        missing, folder = folder, folder.parent
+    return missing
+
+
+def _start_services(settings: SweepSettings, root: Path | None, timings: dict[str, float],
                     started: float) -> _Services:
-    """Join Ray and reach (or start) the tracking server; stop what started on any error."""
+    """Join Ray, and start the embedded tracking server over ``root`` (None: none); stop
+    what started on any error."""
     from orchestrator import tune_runner
     from orchestrator.tracking import server as tracking_server
 
     server = None
-    if settings.tracking_uri is not None:
-        tracking_server.check_reachable(settings.tracking_uri)
-    else:
+    if root is not None:
         # Started first and awaited after Ray is up: the two start-ups overlap. (Started from
         # this thread: the server dies with the thread that forked it.)
-        root = Path(store) if store else local_mlflow_root(settings.storage)
         server = tracking_server.start_local_server(root, wait=False)
     try:
         cluster = tune_runner.connect(settings.address)
@@ -156,7 +188,7 @@ def _start_services(settings: SweepSettings, store: str | None, timings: dict[st
         if server is not None:
             server.stop()
         raise
-    return _Services(cluster, server, settings.tracking_uri or server.uri)
+    return _Services(cluster, server, settings.tracking_uri or (server.uri if server else ""))
 
 
 def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
@@ -249,17 +281,6 @@ def worker_config(config: TrialConfig) -> TrialConfig:
     if config.data_file:
         changes["data_file"] = absolute(config.data_file)
     return dataclasses.replace(config, **changes)
-
-
-def _check_resources_fit(spec: SweepSpec, cluster: "ClusterInfo") -> None:
-    """A trial asking for more than the whole cluster has would wait forever: say so now."""
-    short = [f"{kind} {need:g} (the cluster has {have:g})"
-             for kind, need, have in (("cpu", spec.resources.cpu, cluster.cpus),
-                                      ("gpu", spec.resources.gpu, cluster.gpus)) if need > have]
-    if short:
-        raise XmemError(f"{spec.path}: resources: each trial asks for {' and '.join(short)}; no trial "
-                        "could ever start. Lower resources in the spec, or join a bigger cluster with "
-                        "--address.")
 
 
 def _result_row(trial: TrialPoint, run: TrialRecord | None) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def resolve_settings(spec: "SweepSpec", address: str | None, tracking_uri: str |
         storage_value = str(Path(storage_value).expanduser().resolve())
     else:
         _check_storage_uri(storage_value, storage_setting.source)
-    if uri_setting.value is None and not _is_local_address(address_setting.value):
+    if uri_setting.value is None and not is_local_address(address_setting.value):
         raise XmemError(
             f"the Ray cluster at {address_setting.value} ({address_setting.source}) runs trials on other "
             "machines, which cannot reach an embedded tracking server on 127.0.0.1.\nGive a tracking "
@@ -87,7 +87,7 @@ def resolve_settings(spec: "SweepSpec", address: str | None, tracking_uri: str |
         "storage": storage_setting.source})
 
 
-def _is_local_address(address: str | None) -> bool:
+def is_local_address(address: str | None) -> bool:
     """None/"local"/"auto" or a cluster on this machine (its workers share 127.0.0.1)."""
     if address in (None, "", "local", "auto"):
         return True

@@ -47,7 +47,7 @@ grid:
   sigma: [0.01, 10.0]
   seed: [0]
 include:
-  - {sigma: 1.0, data_file: /nonexistent/table.parquet}
+  - {sigma: 1.0, device: cuda}      # a user error only the worker sees: it has no GPU
 max_failures: 0
 """)
     lines: list[str] = []
@@ -71,11 +71,11 @@ max_failures: 0
         assert run.data.tags["xmem.sweep"] == name
         assert run.data.params["sigma"] == str(trial.config.sigma)
         assert set(run.data.params) == set(TrialConfig.keys())
-        if trial.config.data_file:
+        if trial.config.device == "cuda":
             assert run.info.status == "FAILED"
             assert run.data.tags["xmem.status"] == "failed"
             error = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
-            assert "table.parquet" in Path(error).read_text()
+            assert "device: 'cuda' was requested" in Path(error).read_text()
             continue
         assert run.info.status == "FINISHED"
         assert run.data.tags["xmem.status"] == "finished"
@@ -97,7 +97,7 @@ max_failures: 0
     assert sorted(statuses.values()) == ["failed", "finished", "finished"]
     assert "failed" in output and "best test acc" in output and "finished" in output
     failed = next(row for row in outcome.rows if row["status"] == "failed")
-    assert "table.parquet" in failed["error"] and failed["error_kind"] == "user"
+    assert "device: 'cuda' was requested" in failed["error"] and failed["error_kind"] == "user"
     assert failed["error"] in output                              # its error, in the table
     assert "failed on a user error" in output and "fix the spec" in output
     assert outcome.exit_code == 1
@@ -178,3 +178,59 @@ def test_bad_spec_exits_2_with_a_clear_message_and_creates_nothing(tmp_path, mlf
     assert_user_error(result, str(spec), expected)
     assert not store.exists()
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
+
+
+# --- preflight: bad input stops before anything starts ------------------------------------
+
+def _write_table(path: Path, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_preflight_reports_every_bad_source_and_folder_together_and_creates_nothing(
+        tmp_path, ray_cluster, mlflow_server):
+    wrong_columns = _write_table(tmp_path / "wrong.parquet", {"split": ["train"], "y": [1]})
+    not_parquet = tmp_path / "passwd.parquet"
+    not_parquet.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    empty = tmp_path / "empty-data-dir"
+    empty.mkdir()
+    spec, name = _spec(tmp_path, f"""
+grid:
+  sigma: [0.01, 10.0]
+include:
+  - {{data_file: {tmp_path / "missing.parquet"}}}
+  - {{data_file: {wrong_columns}}}
+  - {{data_file: {not_parquet}}}
+  - {{dataset: cifar10, data_dir: {empty}}}
+""")
+    storage = Path("/proc/xmem-runs")            # nobody can write there, root included
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--address", ray_cluster,
+                                       "--tracking-uri", mlflow_server.uri,
+                                       "--storage", str(storage)])
+    assert_user_error(result, "the sweep cannot start: 5 problems",
+                      f"data_file {tmp_path / 'missing.parquet'}: no such file",
+                      f"data_file {wrong_columns}: missing column(s) label, image",
+                      f"data_file {not_parquet}: not a readable Parquet file",
+                      f"dataset cifar10: 6 file(s) missing in torchvision's layout under {empty}",
+                      f"storage {storage}: cannot write in /proc",
+                      "(used by 1 trial: sigma-default-", "Nothing was created")
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
+    assert not storage.exists()
+
+
+def test_a_cluster_too_small_removes_the_embedded_servers_folder_again(tmp_path, ray_cluster):
+    """The local checks pass, so the embedded server starts (making <storage>/mlflow) while Ray
+    comes up; then the cluster check fails: the folders it made go again."""
+    spec, name = _spec(tmp_path, """
+grid:
+  sigma: [0.01]
+resources: {cpu: 64}
+""")
+    storage = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--address", ray_cluster,
+                                       "--storage", str(storage)])
+    assert_user_error(result, "1 problem:", "resources: each trial asks for cpu 64 (the cluster has 2)")
+    assert not storage.exists()

@@ -7,9 +7,23 @@ from pathlib import Path
 from workers.data.arrays import ImageArrays
 from workers.datasets import NUM_CLASSES
 from workers.data.cache import cache_path, read_cache, write_cache
-from workers.data.parquet_table import read_parquet_table
-from workers.data.sources import digits_arrays, ensure_torchvision_files, read_torchvision_files
+from workers.data.parquet_table import read_parquet_table, table_problem
+from workers.data.sources import (digits_arrays, ensure_torchvision_files, missing_files_problem,
+                                  read_torchvision_files)
 from workers.errors import ConfigError, DatasetUnavailable
+
+
+def source_problem(dataset: str, data_dir: str, data_file: str | None = None,
+                   download: bool = False) -> str | None:
+    """What ``load_image_arrays`` would find wrong with the dataset's source, from file
+    names and a Parquet footer alone (no image decoded): a missing, unreadable or wrong-column
+    data_file, or torchvision files missing under data_dir without ``download``. None when
+    the source looks usable. Same order of sources as ``load_image_arrays``."""
+    if data_file is not None:
+        return table_problem(Path(data_file).expanduser().resolve())
+    if dataset == "digits" or download:
+        return None
+    return missing_files_problem(dataset, Path(data_dir).expanduser())
 
 
 def load_image_arrays(dataset: str, data_dir: str, data_file: str | None = None,

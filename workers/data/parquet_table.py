@@ -19,6 +19,29 @@ REQUIRED_COLUMNS = ("split", "label", "image")
 SPLITS = ("train", "test")
 
 
+def table_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a Parquet image table, read from its footer alone (no
+    image is read): missing, not a file, not Parquet, or without the required columns. None
+    when it looks right."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return f"data_file {path}: no such file"
+    if not path.is_file():
+        return f"data_file {path}: is a folder, not a Parquet file"
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as error:
+        return (f"data_file {path}: not a readable Parquet file ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})")
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        return (f"data_file {path}: missing column(s) {', '.join(missing)}; a Parquet image "
+                f"table needs {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(schema.names)})")
+    return None
+
+
 def read_parquet_table(path: Path, dataset: str) -> ImageArrays:
     """Decode every image of the table at ``path`` as images of ``dataset``.
 
@@ -36,15 +59,10 @@ def read_parquet_table(path: Path, dataset: str) -> ImageArrays:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not path.is_file():
-        raise DatasetUnavailable(f"data_file {path}: no such file")
+    problem = table_problem(path)
+    if problem:
+        raise DatasetUnavailable(problem)
     try:
-        schema = pq.read_schema(path)
-        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-        if missing:
-            raise DatasetUnavailable(
-                f"data_file {path}: missing column(s) {', '.join(missing)}; a Parquet image "
-                f"table needs {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(schema.names)})")
         table = pq.read_table(path, columns=list(REQUIRED_COLUMNS))
     except (OSError, pa.ArrowException) as error:
         raise DatasetUnavailable(f"data_file {path}: not a readable Parquet file "

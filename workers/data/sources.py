@@ -94,19 +94,26 @@ def ensure_torchvision_files(dataset: str, data_dir: Path, download: bool) -> li
             naming each expected path and how to provide it.
     """
     files = torchvision_files(dataset, data_dir)
-    missing = [p for p in files if not p.is_file()]
-    if missing and download:
+    if download and missing_files_problem(dataset, data_dir):
         _download(dataset, data_dir)
-        missing = [p for p in files if not p.is_file()]
-    if missing:
-        listing = "\n".join(f"  {p}" for p in missing)
-        raise DatasetUnavailable(
-            f"dataset {dataset}: {len(missing)} file(s) missing in torchvision's layout under "
+    problem = missing_files_problem(dataset, data_dir)
+    if problem:
+        raise DatasetUnavailable(problem)
+    return files
+
+
+def missing_files_problem(dataset: str, data_dir: Path) -> str | None:
+    """Which of the dataset's torchvision files are missing under ``data_dir``, and how to
+    provide them; None when all are there."""
+    missing = [p for p in torchvision_files(dataset, data_dir) if not p.is_file()]
+    if not missing:
+        return None
+    listing = "\n".join(f"  {p}" for p in missing)
+    return (f"dataset {dataset}: {len(missing)} file(s) missing in torchvision's layout under "
             f"{data_dir}:\n{listing}\n"
             "Provide them by one of: set download=true on a machine with internet access; "
             f"copy torchvision's {dataset} files into {data_dir}; or set data_file to a "
             "Parquet image table (columns split, label, image).")
-    return files
 
 
 def _download(dataset: str, data_dir: Path) -> None:

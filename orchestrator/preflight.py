@@ -1,0 +1,108 @@
+"""Preflight: every problem the driver can see, reported together before anything is created.
+
+``xmem sweep`` checks, in this order, and reports all it finds in one user error (exit 2):
+
+1. on this machine, before any service starts: each distinct dataset source of the trials
+   (a ``data_file`` that exists, is Parquet and has the image table's columns; torchvision's
+   files under ``data_dir`` unless ``download``), read from file names and Parquet footers
+   alone; the storage folder and the embedded store folder can be written; a given tracking
+   server answers;
+2. once Ray is up: the spec's resources fit the cluster.
+
+The data checks read this machine's files, so they run only when the trials run on this
+machine (a local cluster). On a remote cluster the workers may mount the data where the driver
+does not; there a missing file is still reported, by the trial that fails on it, with its
+error in the results table.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from orchestrator.expand import TrialPoint
+from orchestrator.text import count, listing
+from workers.config import TrialConfig
+from workers.errors import XmemError
+
+if TYPE_CHECKING:
+    from orchestrator.settings import SweepSettings
+    from orchestrator.spec import SweepSpec
+    from orchestrator.tune_runner import ClusterInfo
+
+
+def data_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig]) -> list[str]:
+    """One problem per distinct dataset source that cannot be used, naming the trials that
+    use it. ``configs`` are the trials' configs as workers get them (paths absolute)."""
+    from workers.data.images import source_problem  # the data layer: only past the dry run
+
+    users: dict[tuple, list[str]] = collections.defaultdict(list)
+    for trial, config in zip(trials, configs):
+        key = (config.dataset, config.data_dir, config.data_file, config.download)
+        users[key].append(trial.name)
+    problems = []
+    for (dataset, data_dir, data_file, download), names in users.items():
+        problem = source_problem(dataset, data_dir, data_file, download)
+        if problem:
+            problems.append(f"{problem} (used by {count(len(names), 'trial')}: "
+                            f"{listing(names)})")
+    return problems
+
+
+def folder_problem(folder: Path, what: str) -> str | None:
+    """Whether ``folder`` can be made and written, tried in its nearest existing ancestor
+    with a temporary file that is removed at once (nothing is left behind)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{what} {folder}: {existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return (f"{what} {folder}: cannot write in {existing} ({error.strerror or error}); "
+                "choose a folder you can write to")
+    return None
+
+
+def local_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig],
+                   settings: "SweepSettings", store_root: Path | None) -> list[str]:
+    """Step 1 of the module docstring: data sources (local clusters only), storage, store
+    folder, tracking server."""
+    from orchestrator.settings import is_local_address
+
+    problems = data_problems(trials, configs) if is_local_address(settings.address) else []
+    if "://" not in settings.storage:
+        problems.append(folder_problem(Path(settings.storage), "storage"))
+    if store_root is not None:
+        problems.append(folder_problem(store_root, "the embedded MLflow store"))
+    if settings.tracking_uri is not None:
+        from orchestrator.tracking.server import check_reachable
+
+        try:
+            check_reachable(settings.tracking_uri)
+        except XmemError as error:
+            problems.append(str(error))
+    return [problem for problem in problems if problem]
+
+
+def cluster_problems(spec: "SweepSpec", cluster: "ClusterInfo") -> list[str]:
+    """Step 2: a trial asking for more than the whole cluster has would wait forever."""
+    short = [f"{kind} {need:g} (the cluster has {have:g})"
+             for kind, need, have in (("cpu", spec.resources.cpu, cluster.cpus),
+                                      ("gpu", spec.resources.gpu, cluster.gpus)) if need > have]
+    if not short:
+        return []
+    return [f"resources: each trial asks for {' and '.join(short)}; no trial could ever "
+            "start. Lower resources in the spec, or join a bigger cluster with --address."]
+
+
+def report(spec_path: str, problems: Sequence[str]) -> XmemError:
+    """The user error listing every problem, and what to do next."""
+    lines = [f"{spec_path}: the sweep cannot start: {count(len(problems), 'problem')}:"]
+    lines += [f"  - {problem}" for problem in problems]
+    lines.append(f"Nothing was created. Fix them, then run: xmem sweep {spec_path}")
+    return XmemError("\n".join(lines))
