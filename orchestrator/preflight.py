@@ -1,18 +1,18 @@
 """Preflight: every problem the driver can see, reported together before anything is created.
 
-``xmem sweep`` checks, in this order, and reports all it finds in one user error (exit 2):
+``xmem sweep`` checks, and reports all it finds in one user error (exit 2):
 
-1. on this machine, before any service starts: each distinct dataset source of the trials
-   (a ``data_file`` that exists, is Parquet and has the image table's columns; torchvision's
-   files under ``data_dir`` unless ``download``), read from file names and Parquet footers
-   alone; the storage folder and the embedded store folder can be written; a given tracking
-   server answers;
-2. once Ray is up: the spec's resources fit the cluster.
+1. before any service starts: the storage folder and the embedded store folder can be
+   written; a given tracking server answers;
+2. once Ray is up: each distinct dataset source of the trials (a ``data_file`` that exists,
+   is Parquet and has the image table's columns; torchvision's files under ``data_dir`` unless
+   ``download``), read from file names and Parquet footers alone: on this machine when the
+   cluster is this one node, else by one small Ray task on a worker node (the message says
+   which), since a cluster's workers may mount the data where the driver does not; and the
+   spec's resources against the cluster.
 
-The data checks read this machine's files, so they run only when the trials run on this
-machine (a local cluster). On a remote cluster the workers may mount the data where the driver
-does not; there a missing file is still reported, by the trial that fails on it, with its
-error in the results table.
+The embedded tracking server starts only when step 1 found nothing, and its folder is removed
+again when step 2 finds a problem (``orchestrator.run``).
 """
 
 from __future__ import annotations
@@ -33,22 +33,29 @@ if TYPE_CHECKING:
     from orchestrator.tune_runner import ClusterInfo
 
 
-def data_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig]) -> list[str]:
+def data_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig],
+                  cluster: "ClusterInfo") -> list[str]:
     """One problem per distinct dataset source that cannot be used, naming the trials that
-    use it. ``configs`` are the trials' configs as workers get them (paths absolute)."""
-    from workers.data.images import source_problem  # the data layer: only past the dry run
+    use it. ``configs`` are the trials' configs as workers get them (paths absolute, ``~``
+    left to each worker). Checked here when the cluster is this one node; on a cluster of
+    several nodes, by one Ray task on a worker node, whose files the trials will read."""
+    from workers.data.images import source_problems  # the data layer: only past the dry run
 
     users: dict[tuple, list[str]] = collections.defaultdict(list)
     for trial, config in zip(trials, configs):
         key = (config.dataset, config.data_dir, config.data_file, config.download)
         users[key].append(trial.name)
-    problems = []
-    for (dataset, data_dir, data_file, download), names in users.items():
-        problem = source_problem(dataset, data_dir, data_file, download)
-        if problem:
-            problems.append(f"{problem} (used by {count(len(names), 'trial')}: "
-                            f"{listing(names)})")
-    return problems
+    sources = list(users)
+    if cluster.nodes > 1:
+        from orchestrator import tune_runner
+
+        where, found = tune_runner.run_on_a_worker_node(source_problems, sources)
+        where = f"checked on {where}"
+    else:
+        where, found = "checked on this machine", source_problems(sources)
+    return [f"{problem} ({where}; used by {count(len(users[source]), 'trial')}: "
+            f"{listing(users[source])})"
+            for source, problem in zip(sources, found) if problem]
 
 
 def folder_problem(folder: Path, what: str) -> str | None:
@@ -68,16 +75,15 @@ def folder_problem(folder: Path, what: str) -> str | None:
     return None
 
 
-def local_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig],
-                   settings: "SweepSettings", store_root: Path | None) -> list[str]:
-    """Step 1 of the module docstring: data sources (local clusters only), storage, store
-    folder, tracking server."""
-    from orchestrator.settings import is_local_address
-
-    problems = data_problems(trials, configs) if is_local_address(settings.address) else []
-    if "://" not in settings.storage:
-        problems.append(folder_problem(Path(settings.storage), "storage"))
-    if store_root is not None:
+def local_problems(settings: "SweepSettings", store_root: Path | None) -> list[str]:
+    """Step 1 of the module docstring: storage, store folder, tracking server."""
+    problems: list[str | None] = []
+    storage = None if "://" in settings.storage else Path(settings.storage)
+    if storage is not None:
+        problems.append(folder_problem(storage, "storage"))
+    # The store usually lies under the storage: one problem with the folder is said once.
+    if store_root is not None and not (problems and problems[-1]
+                                       and store_root.is_relative_to(storage)):
         problems.append(folder_problem(store_root, "the embedded MLflow store"))
     if settings.tracking_uri is not None:
         from orchestrator.tracking.server import check_reachable
@@ -90,7 +96,7 @@ def local_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig],
 
 
 def cluster_problems(spec: "SweepSpec", cluster: "ClusterInfo") -> list[str]:
-    """Step 2: a trial asking for more than the whole cluster has would wait forever."""
+    """A trial asking for more than the whole cluster has would wait forever."""
     short = [f"{kind} {need:g} (the cluster has {have:g})"
              for kind, need, have in (("cpu", spec.resources.cpu, cluster.cpus),
                                       ("gpu", spec.resources.gpu, cluster.gpus)) if need > have]
@@ -103,6 +109,6 @@ def cluster_problems(spec: "SweepSpec", cluster: "ClusterInfo") -> list[str]:
 def report(spec_path: str, problems: Sequence[str]) -> XmemError:
     """The user error listing every problem, and what to do next."""
     lines = [f"{spec_path}: the sweep cannot start: {count(len(problems), 'problem')}:"]
-    lines += [f"  - {problem}" for problem in problems]
+    lines += ["  - " + problem.replace("\n", "\n    ") for problem in problems]
     lines.append(f"Nothing was created. Fix them, then run: xmem sweep {spec_path}")
     return XmemError("\n".join(lines))

@@ -143,13 +143,18 @@ def _preflight_and_start(spec: SweepSpec, spec_path: str, trials: list[TrialPoin
     root = None
     if settings.tracking_uri is None:
         root = (Path(store) if store else local_mlflow_root(settings.storage)).expanduser().resolve()
-    configs = [worker_config(trial.config) for trial in trials]
-    problems = preflight.local_problems(trials, configs, settings, root)
+    problems = preflight.local_problems(settings, root)
     # The embedded server makes its folder: only when nothing is wrong so far, and removed
     # again when the cluster check fails.
     created = _first_missing(root) if root is not None and not problems else None
     services = _start_services(settings, root if not problems else None, timings, started)
-    problems += preflight.cluster_problems(spec, services.cluster)
+    try:
+        configs = [worker_config(trial.config) for trial in trials]
+        problems += preflight.data_problems(trials, configs, services.cluster)
+        problems += preflight.cluster_problems(spec, services.cluster)
+    except BaseException:
+        services.stop()
+        raise
     if problems:
         services.stop()
         if created is not None:

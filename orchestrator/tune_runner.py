@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from workers.errors import XmemError
 
@@ -37,6 +37,7 @@ class ClusterInfo:
     cpus: float
     gpus: float
     seconds_to_start: float
+    nodes: int = 1            # alive nodes
 
 
 def connect(address: str | None) -> ClusterInfo:
@@ -50,8 +51,23 @@ def connect(address: str | None) -> ClusterInfo:
                         "Check the address (ray status on the head node prints it), or drop "
                         "--address / RAY_ADDRESS to run on this machine.") from None
     resources = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
     return ClusterInfo(address or "local", resources.get("CPU", 0.0), resources.get("GPU", 0.0),
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, nodes)
+
+
+def run_on_a_worker_node(function: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    """Run ``function(*args)`` in one small Ray task (no CPU reserved) on a worker node: a node
+    other than the head when there is one, else the head. Returns (which node, the result)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    workers = [node for node in alive if "node:__internal_head__" not in node["Resources"]]
+    node = (workers or alive)[0]
+    task = ray.remote(num_cpus=0)(function).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+    result = ray.get(task.remote(*args), timeout=120)
+    return f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})", result
 
 
 def disconnect() -> None:

@@ -216,7 +216,8 @@ include:
                       f"data_file {not_parquet}: not a readable Parquet file",
                       f"dataset cifar10: 6 file(s) missing in torchvision's layout under {empty}",
                       f"storage {storage}: cannot write in /proc",
-                      "(used by 1 trial: sigma-default-", "Nothing was created")
+                      "(checked on this machine; used by 1 trial: sigma-default-",
+                      "Nothing was created")
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
     assert not storage.exists()
 
@@ -234,3 +235,71 @@ resources: {cpu: 64}
                                        "--storage", str(storage)])
     assert_user_error(result, "1 problem:", "resources: each trial asks for cpu 64 (the cluster has 2)")
     assert not storage.exists()
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Ids of the processes whose environment holds ``marker`` (what this test started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_data_on_a_worker_node_is_checked_there(tmp_path, mlflow_server):
+    """Stand-in, named as such, for a data file that lives only on a second machine: a Ray
+    cluster of two nodes on this machine, the second started with its own HOME, so that
+    ``~/only-on-b.parquet`` exists for it alone. Preflight checks the sources on that worker
+    node: it finds the file there, and reports a file that neither has, naming the node."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    marker = f"XMEM_TEST_CLUSTER={uuid.uuid4().hex}"
+    name_, value = marker.split("=")
+    home_b = tmp_path / "home-b"
+    home_b.mkdir()
+    _write_table(home_b / "only-on-b.parquet", {"split": ["train"], "label": [1], "image": [b""]})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", name_: value}
+    temp_dir = tempfile.mkdtemp(prefix="xr-", dir="/tmp")  # Ray's socket paths must be short
+    try:
+        subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                        "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                        f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                       check=True, capture_output=True, env=env)
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"],
+                       check=True, capture_output=True, env={**env, "HOME": str(home_b)})
+        spec, name = _spec(tmp_path, """
+grid:
+  sigma: [0.01]
+include:
+  - {data_file: "~/only-on-b.parquet"}
+  - {data_file: "~/on-no-node.parquet"}
+""")
+        result = CliRunner().invoke(main, ["sweep", str(spec), "--address", f"127.0.0.1:{port}",
+                                           "--tracking-uri", mlflow_server.uri,
+                                           "--storage", str(tmp_path / "store")])
+        assert_user_error(result, "1 problem:", f"data_file {home_b}/on-no-node.parquet: no such file",
+                          "(checked on node ")
+        assert "only-on-b" not in result.output           # node B has it
+        assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
+    finally:
+        for pid in _processes_with(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -26,6 +26,12 @@ def source_problem(dataset: str, data_dir: str, data_file: str | None = None,
     return missing_files_problem(dataset, Path(data_dir).expanduser())
 
 
+def source_problems(sources: list[tuple[str, str, str | None, bool]]) -> list[str | None]:
+    """``source_problem`` of each ``(dataset, data_dir, data_file, download)``: what the
+    driver's preflight runs on a worker node of a cluster, in one small Ray task."""
+    return [source_problem(*source) for source in sources]
+
+
 def load_image_arrays(dataset: str, data_dir: str, data_file: str | None = None,
                       download: bool = False) -> ImageArrays:
     """All images and labels of ``dataset`` (both splits, before subsetting).
