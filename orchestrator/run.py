@@ -145,21 +145,20 @@ def _preflight_and_start(spec: SweepSpec, spec_path: str, trials: list[TrialPoin
         root = (Path(store) if store else local_mlflow_root(settings.storage)).expanduser().resolve()
     problems = preflight.local_problems(settings, root)
     # The embedded server makes its folder: only when nothing is wrong so far, and removed
-    # again when the cluster check fails.
+    # again when a check of the cluster fails (or anything else does before the sweep starts).
     created = _first_missing(root) if root is not None and not problems else None
     services = _start_services(settings, root if not problems else None, timings, started)
     try:
         configs = [worker_config(trial.config) for trial in trials]
         problems += preflight.data_problems(trials, configs, services.cluster)
         problems += preflight.cluster_problems(spec, services.cluster)
+        if problems:
+            raise preflight.report(spec_path, problems)
     except BaseException:
-        services.stop()
-        raise
-    if problems:
         services.stop()
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        raise preflight.report(spec_path, problems)
+        raise
     return services
 
 
