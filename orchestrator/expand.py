@@ -2,7 +2,8 @@
 
 ``expand_candidates`` is the expansion itself (defaults x grid points - exclude + include),
 used both by the spec's validation (``orchestrator.spec``) and by ``expand_trials``, which
-turns a valid ``SweepSpec`` into ``TrialPoint``s. Pure Python: no ray, mlflow or torch, so a
+turns a valid ``SweepSpec`` into ``TrialPoint``s; ``size_problem`` counts a grid from its
+axes' lengths first, so that a typo's million points are refused, never expanded. Pure Python: no ray, mlflow or torch, so a
 dry run answers in well under a second.
 """
 
@@ -12,6 +13,7 @@ import collections
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -119,6 +121,25 @@ def expand_candidates(defaults: Mapping[str, Any], axes: Sequence[Axis],
         candidates.append(Candidate(f"include[{index}]", {**defaults, **entry}))
     unmatched = [index for index, hit in enumerate(matched) if not hit]
     return Expansion(candidates, grid_points, grid_kept, unmatched, len(include))
+
+
+def size_problem(axes: list[Axis], include: list[dict], limit: int) -> str | None:
+    """The problem of a sweep with more than ``limit`` trials (grid points before exclusion,
+    plus include entries), naming each axis's length and the first and last grid points;
+    None when it fits."""
+    points = math.prod(len(axis.steps) for axis in axes) if axes else 0
+    if points + len(include) <= limit:
+        return None
+    sizes = " x ".join(f"{axis.label} {len(axis.steps)}" for axis in axes)
+    extra = f" + {len(include)} include entr{'y' if len(include) == 1 else 'ies'}" if include else ""
+
+    def point(index: int) -> str:
+        return ", ".join(f"{key}={format_value(value)}" for axis in axes
+                         for key, value in zip(axis.keys, axis.steps[index]))
+
+    return (f"grid: {points + len(include):,} trials ({sizes}{extra}) exceed max_trials "
+            f"({limit:,}); the grid runs from {point(0)} to {point(-1)}. Check the grid for a "
+            f"typo, or set max_trials: {points + len(include)} in the spec to run it deliberately")
 
 
 def expand_trials(spec: "SweepSpec") -> list[TrialPoint]:

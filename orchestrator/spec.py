@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.expand import (TRIAL_DEFAULTS, Axis, Expansion, expand_candidates, same_value,
-                                 trial_id)
+                                 size_problem, trial_id)
 from orchestrator.text import count, describe, format_value, listing
 from workers.config import TrialConfig, config_problems, did_you_mean, key_problems
 from workers.errors import ConfigError
@@ -189,7 +189,7 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
 
     if defaults is None or grid is None or exclude is None or include is None:
         return None, problems, False
-    too_many = _size_problem(grid, include, max_trials or DEFAULT_MAX_TRIALS)
+    too_many = size_problem(grid, include, max_trials or DEFAULT_MAX_TRIALS)
     if too_many:  # counted from the axes: a typo's million points are never expanded
         return None, problems + [too_many], False
     problems += _sweep_problems(expand_candidates(defaults, grid, exclude, include), exclude)
@@ -202,25 +202,6 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
         storage=storage, path=source,
         raw=raw)
     return spec, [], True
-
-
-def _size_problem(axes: list[Axis], include: list[dict], limit: int) -> str | None:
-    """The problem of a sweep with more than ``limit`` trials (grid points before exclusion,
-    plus include entries), naming each axis's length and the first and last grid points;
-    None when it fits."""
-    points = math.prod(len(axis.steps) for axis in axes) if axes else 0
-    if points + len(include) <= limit:
-        return None
-    sizes = " x ".join(f"{axis.label} {len(axis.steps)}" for axis in axes)
-    extra = f" + {len(include)} include entr{'y' if len(include) == 1 else 'ies'}" if include else ""
-
-    def point(index: int) -> str:
-        return ", ".join(f"{key}={format_value(value)}" for axis in axes
-                         for key, value in zip(axis.keys, axis.steps[index]))
-
-    return (f"grid: {points + len(include):,} trials ({sizes}{extra}) exceed max_trials "
-            f"({limit:,}); the grid runs from {point(0)} to {point(-1)}. Check the grid for a "
-            f"typo, or set max_trials: {points + len(include)} in the spec to run it deliberately")
 
 
 def _check_name(value: Any, problems: list[str]) -> str | None:
