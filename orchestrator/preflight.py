@@ -58,21 +58,31 @@ def data_problems(trials: Sequence[TrialPoint], configs: Sequence[TrialConfig],
             for source, problem in zip(sources, found) if problem]
 
 
-def folder_problem(folder: Path, what: str) -> str | None:
-    """Whether ``folder`` can be made and written, tried in its nearest existing ancestor
-    with a temporary file that is removed at once (nothing is left behind)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{what} {folder}: {existing} is a file, not a folder"
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made a writable folder (``strerror (path)``), or None.
+
+    Tried for real (make the folders, write a temporary file, remove what was made), since
+    permission bits do not tell (root, read-only mounts, /proc); nothing is left behind.
+    """
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
-        with tempfile.TemporaryFile(dir=existing):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        return (f"{what} {folder}: cannot write in {existing} ({error.strerror or error}); "
-                "choose a folder you can write to")
+        return f"{error.strerror or error} ({error.filename or folder})"
+    finally:
+        for path in missing:
+            if path.is_dir():
+                path.rmdir()
     return None
+
+
+def folder_problem(folder: Path, what: str) -> str | None:
+    """The preflight problem of a folder xmem must write in, or None."""
+    reason = unwritable(folder)
+    return (f"{what} {folder}: cannot write in {folder}: {reason}; choose a folder you can "
+            "write to") if reason else None
 
 
 def local_problems(settings: "SweepSettings", store_root: Path | None) -> list[str]:

@@ -30,12 +30,17 @@ class ConfigError(XmemError):
         super().__init__("\n".join(lines))
 
 
+def first_line(text: str) -> str:
+    """The first line of ``text`` that is not blank, stripped ("" when there is none)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def error_summary(error: BaseException) -> str:
     """One line saying what went wrong, for tables and tags: a config error's first problem
     (its source and key), a user error's first line, else ``Type: first line``."""
     if isinstance(error, ConfigError) and error.problems:
         return f"{error.source}: {error.problems[0]}"
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = first_line(str(error))
     return text if isinstance(error, XmemError) else f"{type(error).__name__}: {text}".rstrip(": ")
 
 

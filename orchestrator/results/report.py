@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -92,24 +91,14 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
 
 
 def check_out_dir(out: Path) -> None:
-    """Raise ``XmemError`` when ``out`` cannot be made a writable folder; leaves nothing behind.
+    """Raise ``XmemError`` when ``out`` cannot be made a writable folder; leaves nothing behind
+    (``orchestrator.preflight.unwritable``)."""
+    from orchestrator.preflight import unwritable
 
-    Tried for real (make the folders, write a temporary file, remove what was made), since
-    permission bits do not tell (root, read-only mounts, /proc).
-    """
-    missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise XmemError(f"cannot write the report to {out}: {error.strerror} "
-                        f"({error.filename or out}).\nPass --out with a folder you can write to "
-                        "(it is created when missing).") from None
-    finally:
-        for folder in missing:
-            if folder.is_dir():
-                folder.rmdir()
+    reason = unwritable(out)
+    if reason:
+        raise XmemError(f"cannot write the report to {out}: {reason}.\nPass --out with a folder "
+                        "you can write to (it is created when missing).")
 
 
 def format_claims(checks: Sequence[ClaimCheck]) -> str:

@@ -37,7 +37,7 @@ from workers.contract import (ERROR_ARTIFACT, ERROR_CRASH, ERROR_SUMMARY_LENGTH,
                               TAG_MLFLOW_GIT_COMMIT, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS,
                               TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_VERSION)
 from workers.env_defaults import env_defaults
-from workers.errors import XmemError
+from workers.errors import XmemError, first_line
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
 # Without this, MLflow prints "View run ... at" to stdout (under the progress display) when a
@@ -160,7 +160,7 @@ class SweepTracker(SweepReader):
         """End a trial's run FAILED from the driver, with ``error.txt``: for a worker that
         died without a word (killed, out of memory) and so could not end its run itself.
         Its ``xmem.error`` is the first line of ``error_text`` (Tune's), its kind a crash."""
-        summary = next((line.strip() for line in error_text.splitlines() if line.strip()), "")
+        summary = first_line(error_text)
         with env_defaults(QUIET_CLIENT_ENV):
             self.client.log_text(run_id, error_text, ERROR_ARTIFACT)
             self.client.log_batch(run_id, tags=[
