@@ -112,7 +112,7 @@ def test_a_diverging_member_is_frozen_and_the_others_continue():
     members = configs("mlp", "relu", "squared", members=(
         {"sigma": 0.05, "seed": 1},
         {"sigma": 30.0, "seed": 2, "lr": 10.0},   # blows up in its first epoch
-        {"sigma": 0.1, "seed": 3, "lr": 0.02}), epochs=4)
+        {"sigma": 0.1, "seed": 3, "lr": 0.02}), epochs=4, eval_every=2)
     data = synthetic_data("mlp")
     pack = PackedTrials(members, data=data)
     records: dict[str, list] = {key: [] for key, _ in members}
