@@ -55,15 +55,18 @@ def configs(model: str, activation: str = "relu", loss: str = "cross_entropy",
             for i, member in enumerate(members)]
 
 
-def run_pack(pack: PackedTrials) -> tuple[dict[str, list], dict[str, str]]:
-    """member -> its records, member -> how it ended."""
+def run_pack(pack: PackedTrials, weights: dict | None = None) -> tuple[dict[str, list], dict[str, str]]:
+    """member -> its records, member -> how it ended (and its final weights into ``weights``)."""
     records: dict[str, list] = {key: [] for key in pack.keys}
     ended: dict[str, str] = {}
     for step in pack.run():
         for key, record in step.records.items():
             records[key].append(record)
         assert not set(step.ended) & set(ended), "a member ended twice"
+        assert set(step.weights) == set(step.ended)
         ended.update(step.ended)
+        if weights is not None:
+            weights.update(step.weights)
     return records, ended
 
 
@@ -86,7 +89,8 @@ def assert_same_records(alone, packed, *, rel=1e-4, abs_=1e-5) -> None:
 def test_each_member_equals_its_trial_alone(model, activation, loss):
     data = synthetic_data(model)
     members = configs(model, activation, loss)
-    records, ended = run_pack(PackedTrials(members, data=data))
+    weights: dict = {}
+    records, ended = run_pack(PackedTrials(members, data=data), weights)
     finished = 0
     for key, config in members:
         trial = Trial(config, data=data)
@@ -95,6 +99,8 @@ def test_each_member_equals_its_trial_alone(model, activation, loss):
         assert ended[key] == trial.status
         assert_same_records(alone, records[key])
         if trial.status == FINISHED:
+            for name, value in trial.model.state_dict().items():
+                torch.testing.assert_close(weights[key][name], value, rtol=1e-3, atol=1e-5)
             finished += 1
             assert len(alone) == COMMON["epochs"] + 1
             assert contract.ALIGN_GRAD in alone[-1].per_class  # alignment compared, not skipped

@@ -24,6 +24,9 @@ LOSSES = ("cross_entropy", "hinge", "squared")
 DEVICES = ("auto", "cpu", "cuda")
 # Keys that say where or how often things happen but never change a trial's numbers.
 NON_RESULT_KEYS = ("data_dir", "download", "checkpoint_every")
+# The keys trials trained together in one pack (workers.pack) may differ in; they must agree
+# on every other key.
+PACK_FREE_KEYS = ("sigma", "seed", "lr", "momentum", "temperature")
 # Largest `seed` / `data_seed`: torch.Generator.manual_seed overflows past 64 bits, and seeds
 # are also used with an offset added (the shuffle stream: seed + 1_000_003).
 MAX_SEED = 2**31 - 1
@@ -271,3 +274,8 @@ def config_problems(values: Mapping[str, Any]) -> list[str]:
     problems = [p for key, value in values.items() for p in key_problems(key, value)]
     return problems or cross_key_problems(values)
 
+
+
+def pack_key(config: TrialConfig) -> tuple:
+    """What the members of one pack share: every config value except ``PACK_FREE_KEYS``."""
+    return tuple((k, v) for k, v in config.to_dict().items() if k not in PACK_FREE_KEYS)

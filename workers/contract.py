@@ -71,6 +71,8 @@ TAG_CHECKPOINT_SECONDS = "xmem.checkpoint_seconds"  # of which saving checkpoint
 TAG_CHECKPOINTS = "xmem.checkpoints"                # checkpoints the last attempt saved
 TAG_ERROR = "xmem.error"              # a failed trial: the first line of its error
 TAG_ERROR_KIND = "xmem.error_kind"    # a failed trial: user (fix the input) | crash (rerun)
+TAG_PACK = "xmem.pack"                # the pack (one Tune trial) the current attempt trained in
+TAG_PACK_SIZE = "xmem.pack_size"      # how many trials that pack trained together
 TAG_STORAGE = "xmem.storage"          # on the parent run: the sweep's Tune storage
 TAG_SPEC_PATH = "xmem.spec_path"      # on the parent run: the spec file last run
 TAG_PARENT_RUN = "mlflow.parentRunId"
@@ -110,9 +112,10 @@ CHECKPOINT_INFO_FILE = "xmem_checkpoint.json"
 
 
 # --- the Tune payload and what a trial reports to Tune -----------------------------------
-PAYLOAD_KEY = "xmem"  # Tune's param space: {"xmem": grid_search([payload dicts])}
+PAYLOAD_KEY = "xmem"  # Tune's param space: {"xmem": grid_search([PackPayload dicts])}
 REPORT_EPOCH = EPOCH              # in each tune.report: the epoch just evaluated
 REPORT_STATUS = "xmem_status"     # ... and the trial's status (running, finished, diverged, failed)
+REPORT_MEMBERS = "xmem_members"   # ... and per member trial id: [epoch, status]
 
 
 @dataclass(frozen=True, eq=False)  # holds a dict: compared and hashed by identity
@@ -143,5 +146,38 @@ class TrialPayload:
 
     @classmethod
     def of_tune_config(cls, tune_config: Mapping[str, Any]) -> "TrialPayload":
+        """The payload inside a Tune trial's config (``{"xmem": {...}}``)."""
+        return cls.from_dict(tune_config[PAYLOAD_KEY])
+
+
+@dataclass(frozen=True, eq=False)
+class PackPayload:
+    """What the driver sends a worker for one pack: trials trained together (``workers.pack``).
+
+    One pack is one Tune trial; every member keeps its own ``TrialPayload`` (its MLflow run,
+    its checkpoint to resume from). A pack of one is a trial run alone.
+    """
+
+    pack_id: str
+    name: str
+    """The pack's readable name (the Tune trial name): its first member's, plus the count."""
+    members: list[dict[str, Any]]
+    """``TrialPayload.to_dict()`` of each member, in spec order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def trials(self) -> list[TrialPayload]:
+        return [TrialPayload.from_dict(member) for member in self.members]
+
+    def trial_ids(self) -> list[str]:
+        return [member["trial_id"] for member in self.members]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PackPayload":
+        return cls(**values)
+
+    @classmethod
+    def of_tune_config(cls, tune_config: Mapping[str, Any]) -> "PackPayload":
         """The payload inside a Tune trial's config (``{"xmem": {...}}``)."""
         return cls.from_dict(tune_config[PAYLOAD_KEY])

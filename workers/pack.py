@@ -38,7 +38,7 @@ from torch import nn
 from workers import contract
 from workers.alignment import gradient_alignment, mean_over_classes, representation_alignment
 from workers.checkpoint import STATE_FORMAT, check_state_fits
-from workers.config import TrialConfig
+from workers.config import TrialConfig, pack_key
 from workers.contract import STATUS_DIVERGED as DIVERGED
 from workers.contract import STATUS_FINISHED as FINISHED
 from workers.contract import STATUS_RUNNING as RUNNING
@@ -49,16 +49,9 @@ from workers.models import build_model
 from workers.trial import (EVAL_CHUNK, EpochRecord, is_align_epoch, is_eval_epoch,
                            keep_float32_exact, resolve_device)
 
-# The keys members of one pack may differ in; every other key must be equal.
-PACK_FREE_KEYS = ("sigma", "seed", "lr", "momentum", "temperature")
 SHUFFLE_SEED_OFFSET = 1_000_003  # as workers.trial.Trial: member m shuffles like it alone
 _ACTIVATION_FUNCTIONS = {"sin": torch.sin, "relu": torch.relu, "sigmoid": torch.sigmoid,
                          "linear": lambda x: x}
-
-
-def pack_key(config: TrialConfig) -> tuple:
-    """What members of one pack share: every config value except ``PACK_FREE_KEYS``."""
-    return tuple((k, v) for k, v in config.to_dict().items() if k not in PACK_FREE_KEYS)
 
 
 @dataclass
@@ -70,6 +63,8 @@ class PackEpoch:
     """member key -> its record at this epoch (members measured now)."""
     ended: dict[str, str] = field(default_factory=dict)
     """member key -> finished | diverged, for members that ended at this epoch."""
+    weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """member key -> its final ``state_dict()`` (CPU), for members that ended at this epoch."""
 
 
 class PackedTrials:
@@ -273,7 +268,7 @@ class PackedTrials:
         align = is_align_epoch(self.epoch, self.config)
         for i, key in enumerate(self.keys):
             if not (math.isfinite(train_loss[i]) and math.isfinite(test_loss[i])):
-                result.ended[key] = DIVERGED
+                result.ended[key] = DIVERGED  # ended (and its weights kept) by _end below
                 continue
             self.best_test_acc[i] = max(self.best_test_acc[i], test_acc[i])
             values = {
@@ -296,9 +291,18 @@ class PackedTrials:
         """Members diverged now, or all of them when the last epoch is reached, end here."""
         if self.epoch >= self.config.epochs:
             result.ended.update({key: FINISHED for key in self.keys if key not in result.ended})
-        for key, status in result.ended.items():
+        self._end_members(result, result.ended)
+
+    def _end_members(self, result: PackEpoch, ended: dict[str, str]) -> None:
+        """Record how members ended and their final weights in ``result``; drop them."""
+        for key, status in ended.items():
+            if key not in self.keys:
+                continue
+            i = self.keys.index(key)
             self.status[key] = status
-        self._drop(set(result.ended))
+            result.ended[key] = status
+            result.weights[key] = {n: self.params[n][i].detach().cpu().clone() for n in self.names}
+        self._drop(set(ended))
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> Iterator[PackEpoch]:
@@ -309,13 +313,14 @@ class PackedTrials:
         while self.size and self.epoch < self.config.epochs:
             diverged = self.train_epoch()
             if diverged:
-                self.status.update({key: DIVERGED for key in diverged})
-                self._drop(set(diverged))
+                blown = PackEpoch(self.epoch)
+                self._end_members(blown, {key: DIVERGED for key in diverged})
                 if not is_eval_epoch(self.epoch, self.config) or not self.size:
-                    yield PackEpoch(self.epoch, ended={key: DIVERGED for key in diverged})
+                    yield blown
                     continue
                 measured = self.evaluate()
-                measured.ended.update({key: DIVERGED for key in diverged})
+                measured.ended.update(blown.ended)
+                measured.weights.update(blown.weights)
                 yield measured
             elif is_eval_epoch(self.epoch, self.config):
                 yield self.evaluate()
