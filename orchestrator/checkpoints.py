@@ -2,12 +2,14 @@
 
 Layout written by Tune and ``workers.checkpoint``::
 
-    <storage>/<sweep>/<trial name>-<trial id>-<session>/checkpoint_000003/
+    <storage>/<sweep>/<pack name>-<pack id>-<session>/checkpoint_000003/<trial id>/
         trial_state.pt          the engine's state, history, per-class rows, MLflow run id
         xmem_checkpoint.json    {"trial_id", "epoch", "run_id"}: read here without torch
 
-Every ``xmem sweep`` invocation (a session) gets its own trial folders, so a resumed trial
-never writes into the folder it resumes from.
+One folder per member of the pack that was still training; each is a trial's own checkpoint,
+resumable in any pack. (Checkpoints of xmem before packing hold the two files directly in
+``checkpoint_N/``; they are found too.) Every ``xmem sweep`` invocation (a session) gets its
+own pack folders, so a resumed trial never writes into the folder it resumes from.
 """
 
 from __future__ import annotations
@@ -30,19 +32,25 @@ def scan_checkpoints(storage: str, sweep_name: str) -> list[tuple[str, int, str]
         for checkpoint_dir in _children(filesystem, trial_dir):
             if not checkpoint_dir.rsplit("/", 1)[-1].startswith("checkpoint_"):
                 continue
-            info = _read_info(filesystem, f"{checkpoint_dir}/{CHECKPOINT_INFO_FILE}")
-            if info is not None:  # else being written, or not xmem's
-                found.append((info.trial_id, info.epoch, scheme + checkpoint_dir))
+            for folder in [checkpoint_dir, *_children(filesystem, checkpoint_dir)]:
+                info = _read_info(filesystem, f"{folder}/{CHECKPOINT_INFO_FILE}")
+                if info is not None:  # else being written, a pack's folder, or not xmem's
+                    found.append((info.trial_id, info.epoch, scheme + folder))
     return found
 
 
 def latest_checkpoints(storage: str, sweep_name: str) -> dict[str, str]:
     """trial id -> the folder of its checkpoint with the highest epoch."""
+    return {trial_id: path for trial_id, (_, path) in latest_checkpoint_epochs(storage, sweep_name).items()}
+
+
+def latest_checkpoint_epochs(storage: str, sweep_name: str) -> dict[str, tuple[int, str]]:
+    """trial id -> (epoch, folder) of its checkpoint with the highest epoch."""
     best: dict[str, tuple[int, str]] = {}
     for trial_id, epoch, path in scan_checkpoints(storage, sweep_name):
         if epoch > best.get(trial_id, (-1, ""))[0]:
             best[trial_id] = (epoch, path)
-    return {trial_id: path for trial_id, (_, path) in best.items()}
+    return best
 
 
 def delete_checkpoints(storage: str, sweep_name: str, trial_ids: set[str]) -> int:

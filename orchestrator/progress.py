@@ -27,15 +27,25 @@ from workers.contract import ERROR_USER, RESULT_STATUSES
 RESULTS_TABLE_METRICS = (contract.TRAIN_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD)
 
 
-def format_trial_table(trials: list[TrialPoint]) -> str:
+def format_trial_table(trials: list[TrialPoint], packs: list[list[str]] | None = None) -> str:
     """An aligned plain-text table (trial id, name, one column per varying key) and a count
-    line: what ``xmem sweep SPEC --dry-run`` prints."""
+    line: what ``xmem sweep SPEC --dry-run`` prints.
+
+    ``packs``: the trial ids of each pack; when some pack holds several trials, a ``pack``
+    column numbers them (1, 2, ...) and the count line says how many packs there are.
+    """
     keys = shown_keys(trials)
-    header = ["trial_id", "name", *keys]
+    pack_of = {tid: i + 1 for i, members in enumerate(packs or []) for tid in members}
+    packed = any(len(members) > 1 for members in packs or [])
+    header = ["trial_id", "name", *keys] + (["pack"] if packed else [])
     rows = [[trial.trial_id, trial.name,
              *(format_value(trial.varying[k]) if k in trial.varying else "" for k in keys)]
+            + ([str(pack_of.get(trial.trial_id, ""))] if packed else [])
             for trial in trials]
-    return format_table(header, rows) + "\n" + count(len(trials), "trial")
+    total = count(len(trials), "trial")
+    if packed:
+        total += f" in {count(len(packs or []), 'pack')}"
+    return format_table(header, rows) + "\n" + total
 
 
 @dataclass

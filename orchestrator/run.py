@@ -26,17 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from orchestrator import packing
 from orchestrator.expand import TrialPoint, expand_trials, shown_keys
 from orchestrator.plan import SweepPlan, plan_sweep
 from orchestrator.progress import (RESULTS_TABLE_METRICS, SweepProgress, closing_advice,
                                    format_results_table, format_trial_table)
 from orchestrator.settings import SweepSettings, local_mlflow_root, resolve_settings
 from orchestrator.spec import SweepSpec, load_spec
-from orchestrator.text import format_seconds
+from orchestrator.text import count, format_seconds
 from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
 from workers.contract import (RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, TAG_SPEC_PATH,
-                              TAG_STORAGE, TrialPayload)
+                              TAG_STORAGE, PackPayload, TrialPayload)
 
 # Exit codes of xmem sweep / resume beyond 0 (done) and 2 (a user error before the start).
 EXIT_UNFINISHED, EXIT_INTERRUPTED = 1, 130
@@ -101,7 +102,11 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     trials = expand_trials(spec)
     if dry_run:
         echo(f"sweep {spec.name}: {len(trials)} trial(s)")
-        echo(format_trial_table(trials))
+        sizing = packing.decide_size(spec.packing, trials, gpu_per_pack=spec.resources.gpu,
+                                     cluster_gpus=0, free_gpu_bytes=None)
+        packs = packing.group_into_packs(trials, sizing.cap)
+        echo(format_trial_table(trials, [[t.trial_id for t in p.members] for p in packs]))
+        echo(_packing_line(spec, sizing, trials))
         return None
 
     settings = resolve_settings(spec, address, tracking_uri, storage)
@@ -114,9 +119,11 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         from orchestrator.tracking.writer import SweepTracker
 
         tracker = SweepTracker(services.uri, spec.name)
-        plan, run_ids = _plan(tracker, spec, spec_path, trials, settings, restart_failed, echo)
+        plan, run_ids, start_epochs = _plan(tracker, spec, spec_path, trials, settings,
+                                            restart_failed, echo)
         trials_started = time.perf_counter()
-        errors, interrupted = _launch(spec, plan, run_ids, services.uri, settings, echo, live)
+        errors, interrupted = _launch(spec, plan, run_ids, start_epochs, services, settings,
+                                      echo, live)
         timings["trials_s"] = time.perf_counter() - trials_started
         runs = _reconcile(tracker, errors)
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
@@ -197,37 +204,49 @@ def _start_services(settings: SweepSettings, root: Path | None, timings: dict[st
 
 def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
           settings: SweepSettings, restart_failed: bool, echo: Callable[[str], None]
-          ) -> tuple[SweepPlan, dict[str, str]]:
+          ) -> tuple[SweepPlan, dict[str, str], dict[str, int]]:
     """The experiment, the parent run, the resume plan, and a run per trial to run:
-    (the plan, trial id -> run id)."""
-    from orchestrator.checkpoints import delete_checkpoints, latest_checkpoints
+    (the plan, trial id -> run id, trial id -> the epoch it resumes from)."""
+    from orchestrator.checkpoints import delete_checkpoints, latest_checkpoint_epochs
 
     tracker.ensure_experiment(spec.description)
     parent_run_id = tracker.start_parent_run(spec.raw, len(trials))
     tracker.tag_parent_run({TAG_STORAGE: settings.storage,
                             TAG_SPEC_PATH: str(Path(spec_path).resolve())})
+    latest = latest_checkpoint_epochs(settings.storage, spec.name)
     plan = plan_sweep(trials, tracker.trial_runs(),
-                      latest_checkpoints(settings.storage, spec.name), restart_failed)
+                      {tid: path for tid, (_, path) in latest.items()}, restart_failed)
     for line in plan.describe():
         echo(line)
     if plan.restarting:
         delete_checkpoints(settings.storage, spec.name, plan.restarting)  # they start over
-    return plan, tracker.create_trial_runs(plan.to_run, parent_run_id)
+    start_epochs = {tid: latest[tid][0] for tid in plan.checkpoints}
+    return plan, tracker.create_trial_runs(plan.to_run, parent_run_id), start_epochs
 
 
-def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str], uri: str,
-            settings: SweepSettings, echo: Callable[[str], None], live: bool
-            ) -> tuple[dict[str, str], bool]:
-    """Run the plan's trials on Tune with a live progress display: (trial id -> error text
-    for each trial that ended in error, whether Ctrl-C stopped them)."""
+def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str],
+            start_epochs: dict[str, int], services: _Services, settings: SweepSettings,
+            echo: Callable[[str], None], live: bool) -> tuple[dict[str, str], bool]:
+    """Run the plan's trials on Tune, grouped into packs, with a live progress display:
+    (trial id -> error text for each trial that ended in error, whether Ctrl-C stopped them)."""
     if not plan.to_run:
         return {}, False
     from orchestrator import tune_runner
 
-    payloads = [TrialPayload(trial=worker_config(t.config).to_dict(), trial_id=t.trial_id,
-                             name=t.name, run_id=run_ids[t.trial_id], tracking_uri=uri,
-                             resume_from=plan.checkpoints.get(t.trial_id))
-                for t in plan.to_run]
+    free_bytes = None
+    if spec.packing.max_size is None and spec.resources.gpu > 0:
+        free_bytes = tune_runner.free_gpu_memory()
+    sizing = packing.decide_size(spec.packing, plan.to_run, gpu_per_pack=spec.resources.gpu,
+                                 cluster_gpus=services.cluster.gpus, free_gpu_bytes=free_bytes)
+    packs = packing.group_into_packs(plan.to_run, sizing.cap, start_epochs)
+    if any(len(p.members) > 1 for p in packs) or sizing.cap > 1:
+        echo(f"{count(len(plan.to_run), 'trial')} in {count(len(packs), 'pack')} ({sizing.reason})")
+    uri = services.uri
+    payloads = [PackPayload(pack_id=p.pack_id, name=p.name, members=[
+        TrialPayload(trial=worker_config(t.config).to_dict(), trial_id=t.trial_id, name=t.name,
+                     run_id=run_ids[t.trial_id], tracking_uri=uri,
+                     resume_from=plan.checkpoints.get(t.trial_id)).to_dict()
+        for t in p.members]) for p in packs]
     progress = SweepProgress({t.trial_id: t.config.epochs for t in plan.to_run}, echo=echo,
                              live=live)
     ran = tune_runner.run_trials(
@@ -237,6 +256,15 @@ def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str], uri: str,
         session=time.strftime("%Y%m%d-%H%M%S"))
     progress.close()
     return ran.errors, ran.interrupted
+
+
+def _packing_line(spec: SweepSpec, sizing: "packing.PackSizing", trials: list[TrialPoint]) -> str:
+    """The dry run's word on packing: the cap and, for auto on a GPU, that the launch decides."""
+    if spec.packing.max_size is None and spec.resources.gpu > 0:
+        return (f"packing auto: packs are sized at launch from the free memory of the cluster's "
+                f"GPUs ({packing.footprint_line(trials)}); shown here for a "
+                f"{packing.ASSUMED_GPU_BYTES / 2**30:.0f} GiB GPU")
+    return sizing.reason
 
 
 def _reconcile(tracker: "SweepTracker", errors: dict[str, str]) -> dict[str, TrialRecord]:

@@ -33,6 +33,7 @@ from pydantic import ConfigDict, Field
 from orchestrator.spec import (DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRIALS, LINK_SEPARATOR, MIN_CONCURRENT, MIN_FAILURES,
                                NAME_PATTERN, RESOURCE_DOCS, RESOURCE_KEYS, RESOURCE_MINIMUM,
                                SPEC_KEY_DOCS, TOP_LEVEL_KEYS, Resources)
+from orchestrator.packing import PACKING_DOCS, PACKING_KEYS
 from workers.config import TrialConfig, key_types
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -124,6 +125,11 @@ def _spec_model() -> type[pydantic.BaseModel]:
                               **{"gt" if exclusive else "ge": minimum}))
            for key, (minimum, exclusive) in RESOURCE_MINIMUM.items()})
     _same_keys(resources, RESOURCE_KEYS)
+    packing = pydantic.create_model(
+        "Packing", __config__=ConfigDict(extra="forbid"),
+        max_size=(Literal["auto"] | Annotated[int, Field(ge=1)],
+                  Field("auto", description=PACKING_DOCS["max_size"])))
+    _same_keys(packing, PACKING_KEYS)
     not_blank = Annotated[str, Field(pattern=r"\S")]
     exclude_entry = Annotated[trial_keys, Field(json_schema_extra={"minProperties": 1})]
     # key -> (type, default); every description comes from SPEC_KEY_DOCS.
@@ -135,6 +141,7 @@ def _spec_model() -> type[pydantic.BaseModel]:
         "exclude": (list[exclude_entry] | None, None),
         "include": (list[trial_keys] | None, None),
         "resources": (resources | None, None),
+        "packing": (packing | None, None),
         "max_concurrent": (Annotated[int, Field(ge=MIN_CONCURRENT)] | None, None),
         "max_failures": (Annotated[int, Field(ge=MIN_FAILURES)], DEFAULT_MAX_FAILURES),
         "max_trials": (Annotated[int, Field(ge=1)], DEFAULT_MAX_TRIALS),

@@ -12,7 +12,8 @@ the points an ``exclude`` entry matches, plus the ``include`` points::
       "lr,momentum": [[0.01, 0.0], [0.001, 0.9]]   # linked: these keys vary together
     exclude: [{sigma: 10.0, seed: 2}]
     include: [{model: convnet, sigma: null}]
-    resources: {cpu: 1, gpu: 0.25}
+    resources: {cpu: 1, gpu: 1}
+    packing: {max_size: auto}
 
 ``load_spec`` reports every problem in the file at once, each naming its key path
 (``grid.sigma[2]``, ``include[0].activation``), and returns a ``SweepSpec`` holding the parsed
@@ -34,6 +35,7 @@ from typing import Any
 
 from orchestrator.expand import (TRIAL_DEFAULTS, Axis, Expansion, expand_candidates, same_value,
                                  size_problem, trial_id)
+from orchestrator.packing import Packing, check_packing
 from orchestrator.text import count, describe, format_value, listing
 from workers.config import TrialConfig, config_problems, did_you_mean, key_problems
 from workers.errors import ConfigError
@@ -54,8 +56,12 @@ SPEC_KEY_DOCS = {
             "slowest.",
     "exclude": "Grid points matching every key of one entry are dropped.",
     "include": "Extra trials, each entry merged over `defaults` (not over grid values).",
-    "resources": "What Ray reserves for each trial; default {cpu: 1, gpu: 0}.",
-    "max_concurrent": "Most trials running at once; null = as many as the resources allow.",
+    "resources": "What Ray reserves for each pack of trials (see packing); default {cpu: 1, gpu: 0}.",
+    "packing": "How many trials may train together as one batched computation, e.g. "
+               "{max_size: auto} (the default: sized by the GPU's free memory, 1 on a CPU) or "
+               "{max_size: 8}; each pack is one Ray trial holding `resources`.",
+    "max_concurrent": "Most packs (Ray trials) running at once; null = as many as the "
+                      "resources allow.",
     "max_failures": "Automatic retries of a failed trial (from its last checkpoint).",
     "max_trials": "The most trials the sweep may have (default 10,000): a larger grid, most "
                   "likely a typo, is refused before it is expanded. Raise it to run a bigger "
@@ -104,6 +110,7 @@ class SweepSpec:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     resources: Resources = field(default_factory=Resources)
+    packing: Packing = field(default_factory=Packing)
     max_concurrent: int | None = None
     max_failures: int = DEFAULT_MAX_FAILURES
     max_trials: int = DEFAULT_MAX_TRIALS
@@ -177,6 +184,7 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
     exclude = _check_entries("exclude", raw.get("exclude"), problems)
     include = _check_entries("include", raw.get("include"), problems)
     resources = _check_resources(raw.get("resources"), problems)
+    packing = check_packing(raw.get("packing"), problems)
     max_concurrent = _check_int("max_concurrent", raw.get("max_concurrent"), MIN_CONCURRENT,
                                 problems, nullable=True)
     max_failures = _check_int("max_failures", raw.get("max_failures", DEFAULT_MAX_FAILURES),
@@ -197,7 +205,8 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
         return None, problems, True
     spec = SweepSpec(
         name=name, description=description or "", defaults=defaults, axes=tuple(grid),
-        exclude=exclude, include=include, resources=resources, max_concurrent=max_concurrent,
+        exclude=exclude, include=include, resources=resources, packing=packing,
+        max_concurrent=max_concurrent,
         max_failures=max_failures, max_trials=max_trials, tracking_uri=tracking_uri,
         storage=storage, path=source,
         raw=raw)

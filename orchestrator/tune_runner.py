@@ -21,13 +21,20 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 # Tune's console output (configuration box, result tables, TensorBoard hints) would bury
 # xmem's progress line and results table; the legacy reporter with verbose=0 prints nothing.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# MLflow is the store of results: Tune's auto-attached JSON, CSV and TensorBoard loggers would
+# write every report a second and third time on the driver.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Said at every start of a local cluster; the user did not ask for the cluster and cannot act on it.
 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+# With the result loggers off (above) Tune's end-of-run analysis finds no result files and
+# warns about every trial; the results are in MLflow.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from workers.contract import PAYLOAD_KEY, REPORT_EPOCH, REPORT_STATUS, STATUS_FAILED, STATUS_FINISHED, TrialPayload  # noqa: E402
+from workers.contract import (PAYLOAD_KEY, REPORT_MEMBERS, RESULT_STATUSES,  # noqa: E402
+                              STATUS_FAILED, STATUS_FINISHED, PackPayload)
 from workers.tune_trial import run_tune_trial  # noqa: E402
 
 
@@ -70,37 +77,62 @@ def run_on_a_worker_node(function: Callable[..., Any], *args: Any) -> tuple[str,
     return f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})", result
 
 
+def free_gpu_memory() -> float | None:
+    """Free memory (bytes) of the GPUs of a worker node, from nvidia-smi there (no GPU is
+    reserved for asking); None when it cannot tell."""
+    from workers.footprint import free_gpu_bytes
+
+    try:
+        _, free = run_on_a_worker_node(free_gpu_bytes)
+    except Exception:  # any failure means: not known (the caller assumes a size)
+        return None
+    return free
+
+
 def disconnect() -> None:
     ray.shutdown()
 
 
-def _trial_id(trial: Any) -> str:
-    """The xmem trial id of a Tune trial (from the payload in its config)."""
-    return TrialPayload.of_tune_config(trial.config).trial_id
+def _pack(trial: Any) -> PackPayload:
+    """The xmem pack a Tune trial trains (from the payload in its config)."""
+    return PackPayload.of_tune_config(trial.config)
 
 
 class _ProgressCallback(tune.Callback):
-    """Forwards Tune's trial events to xmem's display (which knows nothing about Ray)."""
+    """Forwards Tune's events about packs to xmem's display, per member trial (the display
+    knows nothing about Ray or packs)."""
 
     def __init__(self, listener: "TrialEvents"):
         self.listener = listener
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.listener.trial_started(_trial_id(trial))
+        for trial_id in _pack(trial).trial_ids():
+            self.listener.trial_started(trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.listener.trial_result(_trial_id(trial), result.get(REPORT_EPOCH),
-                                   result.get(REPORT_STATUS))
+        members = result.get(REPORT_MEMBERS) or {}
+        for trial_id, (epoch, status) in members.items():
+            self.listener.trial_result(trial_id, epoch, status)
+            if status in RESULT_STATUSES or status == STATUS_FAILED:
+                self.listener.trial_completed(trial_id, status)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.listener.trial_retrying(_trial_id(trial))
+        for trial_id in _pack(trial).trial_ids():
+            self.listener.trial_retrying(trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = (trial.last_result or {}).get(REPORT_STATUS) or STATUS_FINISHED
-        self.listener.trial_completed(_trial_id(trial), status)
+        members = (trial.last_result or {}).get(REPORT_MEMBERS) or {}
+        for trial_id in _pack(trial).trial_ids():
+            status = members.get(trial_id, [None, None])[1]
+            self.listener.trial_completed(trial_id, status if status in RESULT_STATUSES
+                                          or status == STATUS_FAILED else STATUS_FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.listener.trial_completed(_trial_id(trial), STATUS_FAILED)
+        members = (trial.last_result or {}).get(REPORT_MEMBERS) or {}
+        for trial_id in _pack(trial).trial_ids():
+            status = members.get(trial_id, [None, None])[1]
+            if status not in RESULT_STATUSES:
+                self.listener.trial_completed(trial_id, STATUS_FAILED)
 
     def on_step_end(self, iteration, trials, **info):
         self.listener.tick()
@@ -121,7 +153,9 @@ class TrialsRun:
     """What ``run_trials`` saw."""
 
     errors: dict[str, str]
-    """trial id -> error text, for every trial that ended in error (after its retries)."""
+    """trial id -> error text, for every member of every pack that ended in error (after its
+    retries); members that ended with a result before the error are included too (the
+    caller checks their runs)."""
     interrupted: bool
     """Ctrl-C stopped the run before every trial ended."""
 
@@ -130,30 +164,30 @@ def _interrupt_marker(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, cpu: float,
+def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: float,
                gpu: float, max_concurrent: int | None, max_failures: int,
                events: TrialEvents, session: str) -> TrialsRun:
-    """Run every trial payload as one Tune experiment.
+    """Run every pack as one Tune trial of one Tune experiment.
 
-    Each trial holds ``cpu`` CPUs and ``gpu`` GPUs (fractions pack trials on a GPU), is
+    Each pack holds ``cpu`` CPUs and ``gpu`` GPUs (fractions share a GPU between packs), is
     retried up to ``max_failures`` times from its latest checkpoint, and keeps its last two
-    checkpoints under ``storage/<sweep_name>/<trial name>-<trial id>-<session>``: every
-    invocation writes its own trial folders, so a resumed trial never overwrites the
-    checkpoint it started from.
+    checkpoints under ``storage/<sweep_name>/<pack name>-<pack id>-<session>``: every
+    invocation writes its own folders, so a resumed trial never overwrites the checkpoint it
+    started from.
 
     Ctrl-C: Tune's own SIGINT handler stops the trials and returns; it puts back the handler
     it found, which is how this function learns of the interrupt (``TrialsRun.interrupted``).
     """
-    names = {p.trial_id: p.name for p in payloads}
+    names = {p.pack_id: p.name for p in packs}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
-        param_space={PAYLOAD_KEY: tune.grid_search([p.to_dict() for p in payloads])},
+        param_space={PAYLOAD_KEY: tune.grid_search([p.to_dict() for p in packs])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
-            reuse_actors=True,  # one worker process (and one torch import) per slot, not per trial
-            trial_name_creator=lambda t: names[_trial_id(t)],
-            trial_dirname_creator=lambda t: f"{names[_trial_id(t)]}-{_trial_id(t)}-{session}",
+            reuse_actors=True,  # one worker process (and one torch import) per slot, not per pack
+            trial_name_creator=lambda t: names[_pack(t).pack_id],
+            trial_dirname_creator=lambda t: f"{_dirname(names[_pack(t).pack_id])}-{_pack(t).pack_id}-{session}",
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
@@ -175,9 +209,14 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
             and not _tune_sigint_disabled()
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
-    errors = {TrialPayload.of_tune_config(result.config).trial_id: str(result.error)
-              for result in results if result.error is not None}
+    errors = {trial_id: str(result.error) for result in results if result.error is not None
+              for trial_id in PackPayload.of_tune_config(result.config).trial_ids()}
     return TrialsRun(errors, interrupted)
+
+
+def _dirname(name: str) -> str:
+    """A pack name as a folder name ("s1-a+3" stays, anything odd becomes '_')."""
+    return "".join(c if c.isalnum() or c in "-_.+=" else "_" for c in name)[:80]
 
 
 def _tune_sigint_disabled() -> bool:

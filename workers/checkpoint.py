@@ -1,11 +1,15 @@
 """A trial's checkpoint: what it holds, saving it, loading it, and checking that it fits.
 
-One checkpoint is one folder (Tune copies it into the sweep's storage)::
+One trial's checkpoint is one folder::
 
     trial_state.pt        torch.save of {"trial": Trial.state_dict(), "history", "alignment_rows",
                           "run_id"}: the engine's full state and the rows logged so far
     xmem_checkpoint.json  {"trial_id", "epoch", "run_id"}: read by the driver without torch
                           (``orchestrator.checkpoints``) to find each trial's latest checkpoint
+
+A pack's checkpoint (the folder Tune copies into the sweep's storage) holds one such folder
+per member still training, named by its trial id (``save_pack_checkpoint``): each member
+resumes from its own, in any pack or alone.
 
 torch is imported only by the functions that need it, so the driver can read the info file
 without loading torch.
@@ -106,3 +110,21 @@ def check_state_fits(state: dict[str, Any], config: TrialConfig) -> None:
     if changed:
         raise XmemError(f"checkpoint belongs to a different trial config (differs in: "
                         f"{', '.join(changed)}); restart the trial from scratch")
+
+
+def save_pack_checkpoint(members: list[TrialCheckpoint], folder: str | Path) -> None:
+    """Write each member's checkpoint into ``folder/<trial id>/`` (``folder`` exists)."""
+    for checkpoint in members:
+        member_folder = Path(folder) / checkpoint.trial_id
+        member_folder.mkdir()
+        save_checkpoint(checkpoint, member_folder)
+
+
+def load_pack_checkpoint(folder: str | Path, trial_ids: list[str]) -> dict[str, TrialCheckpoint]:
+    """The checkpoints of those ``trial_ids`` that ``folder`` (a pack's checkpoint) holds."""
+    found = {}
+    for trial_id in trial_ids:
+        member_folder = Path(folder) / trial_id
+        if (member_folder / CHECKPOINT_INFO_FILE).is_file():
+            found[trial_id] = load_checkpoint(member_folder, trial_id)
+    return found

@@ -35,6 +35,14 @@ MAX_SEED = 2**31 - 1
 CONVNET_MIN_SIDE = 15
 
 
+def convnet_feature_side(side: int) -> int:
+    """The side (pixels) of the ConvNet's last feature map for an input side of ``side``:
+    conv1 keeps the size, pool 3/2, conv2 5x5 'valid', pool 3/2; 0 when nothing is left."""
+    pooled = (side - 3) // 2 + 1
+    after_conv2 = pooled - 4
+    return (after_conv2 - 3) // 2 + 1 if after_conv2 >= 3 else 0
+
+
 def convnet_size_problem(height: int, width: int, *, images: str, remedy: str) -> str | None:
     """The user's message when the ConvNet cannot take images of ``height`` x ``width``
     pixels; None when it can. ``images`` names them with its verb ("dataset digits has"),

@@ -44,7 +44,7 @@ from mlflow.exceptions import MlflowException
 from workers import contract
 from workers.config import TrialConfig
 from workers.contract import (ALIGNMENT_ARTIFACT, CONFIG_ARTIFACT, ERROR_ARTIFACT, HISTORY_ARTIFACT,
-                              STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
+                              RESULT_STATUSES, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
                               TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS, WEIGHTS_ARTIFACT)
 from workers.env_defaults import env_defaults
 from workers.trial import EpochRecord
@@ -113,6 +113,16 @@ class TrialRunLogger:
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def ended_with(self) -> str | None:
+        """The run's result status (finished or diverged) when it already ended with one (an
+        earlier attempt of its pack finished it); None while there is work left."""
+        with client_env():
+            run = self.client.get_run(self.run_id)
+        status = run.data.tags.get(TAG_STATUS)
+        if run.info.status == RunStatus.to_string(RunStatus.FINISHED) and status in RESULT_STATUSES:
+            return status
+        return None
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set tags on the run now (one request)."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from workers.config import CONVNET_MIN_SIDE, TrialConfig, convnet_size_problem
+from workers.config import convnet_feature_side as _convnet_feature_side
 from workers.errors import ConfigError
 
 
@@ -81,12 +82,6 @@ class ConvNet(nn.Module):
         x = self.pool(self.act(self.conv2(x)))   # (B, 64, h, w)
         x = self.act(self.hidden(x.flatten(1)))  # (B, hidden)
         return self.top(x)                       # (B, K)
-
-
-def _convnet_feature_side(side: int) -> int:
-    pooled = (side - 3) // 2 + 1          # conv1 keeps the size, then pool 3/2
-    after_conv2 = pooled - 4              # 5x5 'valid'
-    return (after_conv2 - 3) // 2 + 1 if after_conv2 >= 3 else 0
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

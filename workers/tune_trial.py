@@ -1,16 +1,24 @@
-"""The Ray Tune trainable: one xmem trial inside a Ray worker. The only worker module that imports ray.
+"""The Ray Tune trainable: one pack of xmem trials inside a Ray worker. The only worker module
+that imports ray.
 
-What one call does, in order:
-1. rebuild the ``TrialConfig`` sent by the driver; run on CUDA only when Ray gave this trial a GPU;
-2. restore the latest checkpoint when there is one: Tune's own (an automatic retry) or the one
-   the driver found in storage (a resumed sweep); otherwise start at epoch 0;
-3. continue the trial's MLflow run (created by the driver) through ``workers.mlflow_log``;
+A pack (``workers.pack``) is one Tune trial training M trials together; a pack of one is a
+trial alone. What one call does, in order:
+1. rebuild each member's ``TrialConfig``; run on CUDA only when Ray gave this trial a GPU;
+2. leave out members whose run already ended with a result (an earlier attempt of this pack
+   finished them before it crashed);
+3. restore each member's latest checkpoint when there is one: Tune's own (an automatic retry;
+   one folder per member) or the one the driver found in storage (a resumed sweep); otherwise
+   start at epoch 0. A member whose checkpoint does not fit fails alone (a user error);
+4. continue each member's MLflow run (created by the driver) through ``workers.mlflow_log``;
    steps an earlier attempt already logged are not logged again;
-4. train, reporting each evaluated epoch to Tune, sending metrics to MLflow every few seconds,
-   and saving a checkpoint every ``checkpoint_every`` epochs (or adaptively, ~5% of the time);
-5. log the final artifacts and end the run FINISHED (finished or diverged), or FAILED with the
-   error text: a user error (``XmemError``) ends the trial at once, anything else is re-raised
-   so that Tune retries from the checkpoint.
+5. train, sending metrics to MLflow every few seconds and saving a checkpoint every
+   ``checkpoint_every`` epochs (or adaptively, ~5% of the time). Tune hears of progress at
+   each checkpoint and otherwise at most every ``SECONDS_BETWEEN_REPORTS``: each report
+   blocks training until the driver takes it, and MLflow, not Tune, stores the metrics;
+6. as each member ends, log its final artifacts and end its run FINISHED (finished or
+   diverged). A user error (``XmemError``) shared by the pack ends every member FAILED at once;
+   anything else ends the running members FAILED and is re-raised so that Tune retries the
+   pack from its checkpoint.
 
 While the tracking server is unreachable the trial keeps training and queues its metrics; it
 fails (to be resumed later) only when the server stays away longer than
@@ -32,15 +40,17 @@ import ray
 import torch
 from ray import tune
 
-from workers.checkpoint import TrialCheckpoint, load_checkpoint, save_checkpoint
+from workers.checkpoint import (TrialCheckpoint, check_state_fits, load_checkpoint,
+                                load_pack_checkpoint, save_pack_checkpoint)
 from workers.config import TrialConfig
-from workers.contract import (ERROR_CRASH, ERROR_USER, REPORT_EPOCH, REPORT_STATUS, STATUS_FAILED,
-                              TAG_ATTEMPT_SECONDS,
+from workers.contract import (ERROR_CRASH, ERROR_USER, REPORT_EPOCH, REPORT_MEMBERS, REPORT_STATUS,
+                              STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, TAG_ATTEMPT_SECONDS,
                               TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE, TAG_HOST,
-                              TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH, TrialPayload)
+                              TAG_PACK, TAG_PACK_SIZE, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH,
+                              PackPayload, TrialPayload)
 from workers.errors import XmemError, error_summary
 from workers.mlflow_log import TrialRunLogger, is_transient
-from workers.trial import Trial
+from workers.pack import PackedTrials
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
 ADAPTIVE_CHECKPOINT_RATIO = 20.0
@@ -49,6 +59,8 @@ MIN_SECONDS_BETWEEN_CHECKPOINTS = 5.0
 # request costs ~40 ms on a busy server, too much to pay for every epoch.
 SECONDS_BETWEEN_FLUSHES = 10.0
 TRACKING_RETRY_PAUSE_S = 2.0
+# Tune hears of progress at most this often (and at every checkpoint and the end).
+SECONDS_BETWEEN_REPORTS = 2.0
 
 
 def tracking_wait_seconds() -> float:
@@ -63,9 +75,9 @@ def _device_for_this_worker(config: TrialConfig) -> TrialConfig:
     return config
 
 
-def _device_name(trial: Trial) -> str:
-    if trial.device.type == "cuda":
-        return torch.cuda.get_device_name(trial.device)
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return "cpu"
 
 
@@ -94,15 +106,20 @@ class _CheckpointClock:
         self.count += 1
 
 
-def _save_checkpoint(trial: Trial, logger: TrialRunLogger, trial_id: str, scratch: Path) -> tune.Checkpoint:
-    folder = Path(tempfile.mkdtemp(dir=scratch))
-    save_checkpoint(TrialCheckpoint(trial_id, logger.run_id, trial.state_dict(), logger.history,
-                                    logger.alignment_rows), folder)
-    return tune.Checkpoint.from_directory(str(folder))
+def _restore_checkpoints(members: list[TrialPayload]) -> dict[str, TrialCheckpoint]:
+    """Each member's checkpoint to continue from: Tune's (an automatic retry of this pack)
+    when there is one, else what the driver found in storage (``resume_from``)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            return load_pack_checkpoint(folder, [m.trial_id for m in members])
+    return {m.trial_id: load_checkpoint_at(m.resume_from, m.trial_id)
+            for m in members if m.resume_from}
 
 
-def _load_checkpoint(checkpoint: tune.Checkpoint, trial_id: str) -> TrialCheckpoint:
-    with checkpoint.as_directory() as folder:
+def load_checkpoint_at(location: str, trial_id: str) -> TrialCheckpoint:
+    """A member's checkpoint folder, local or remote (``s3://...``)."""
+    with tune.Checkpoint(location).as_directory() as folder:
         return load_checkpoint(folder, trial_id)
 
 
@@ -156,60 +173,140 @@ class _PatientTracking:
                 "values are kept in the checkpoint's history; rerun the sweep to resume") from error
 
 
+class _Member:
+    """One trial of the pack: its payload, config, MLflow logger and patient tracking."""
+
+    def __init__(self, payload: TrialPayload):
+        self.payload = payload
+        self.trial_id = payload.trial_id
+        self.config = _device_for_this_worker(TrialConfig.from_mapping(payload.trial, source="sweep trial"))
+        self.logger = TrialRunLogger(payload.tracking_uri, payload.run_id)
+        self.tracking = _PatientTracking(self.logger)
+        self.ended = False
+
+
 def run_tune_trial(tune_config: dict[str, Any]) -> None:
-    """Tune function trainable; its config holds a ``TrialPayload`` (``contract.PAYLOAD_KEY``)."""
-    payload = TrialPayload.of_tune_config(tune_config)
-    config = _device_for_this_worker(TrialConfig.from_mapping(payload.trial, source="sweep trial"))
-    logger = TrialRunLogger(payload.tracking_uri, payload.run_id)
-    tracking = _PatientTracking(logger)
+    """Tune function trainable; its config holds a ``PackPayload`` (``contract.PAYLOAD_KEY``)."""
+    pack_payload = PackPayload.of_tune_config(tune_config)
     attempt_started = time.monotonic()
+    members = [_Member(payload) for payload in pack_payload.trials()]
+    running: list[_Member] = []
     try:
-        trial = Trial(config)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None and payload.resume_from:
-            checkpoint = tune.Checkpoint(payload.resume_from)
-        if checkpoint is not None:
-            saved = _load_checkpoint(checkpoint, payload.trial_id)
-            trial.load_state_dict(saved.trial_state)
-            logger.history, logger.alignment_rows = saved.history, saved.alignment_rows
-        tracking.call(logger.start, {
-            TAG_DEVICE: _device_name(trial), TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
-            TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
-            TAG_START_EPOCH: str(trial.epoch)})
-        clock = _CheckpointClock(config.checkpoint_every)
-        clock.last_epoch = trial.epoch
-        with tempfile.TemporaryDirectory(prefix="xmem-ckpt-") as scratch:
-            for record in trial.run():
-                logger.log_record(record)
-                report = {**record.flat(), REPORT_STATUS: trial.status}
-                if clock.due(record.epoch, final=record.epoch >= config.epochs):
-                    tracking.flush_now_and_then(force=True)
-                    started = time.monotonic()
-                    saved_checkpoint = _save_checkpoint(trial, logger, payload.trial_id, Path(scratch))
-                    tune.report(report, checkpoint=saved_checkpoint)  # Tune copies it to storage
-                    shutil.rmtree(saved_checkpoint.path, ignore_errors=True)
-                    clock.saved(record.epoch, time.monotonic() - started)
-                else:
-                    tune.report(report)
-                    tracking.flush_now_and_then()
-        attempt_seconds = time.monotonic() - attempt_started
-        tracking.call(logger.set_tags, {
-            TAG_ATTEMPT_SECONDS: f"{attempt_seconds:.3f}",
-            TAG_CHECKPOINT_SECONDS: f"{clock.total_seconds:.3f}",
-            TAG_CHECKPOINTS: str(clock.count)})
-        tracking.call(logger.flush)
-        tracking.call(logger.log_final_artifacts, config, logger.history, logger.alignment_rows,
-                      trial.model.state_dict())
-        tracking.call(logger.finish, trial.status)
-        tune.report({REPORT_EPOCH: trial.epoch, REPORT_STATUS: trial.status})
+        # An automatic retry after some members ended: their runs hold their results.
+        members = [m for m in members if m.tracking.call(m.logger.ended_with) is None]
+        restored = _restore_checkpoints([m.payload for m in members])
+        running = _fitting(members, restored)
+        if not running:
+            tune.report({REPORT_STATUS: STATUS_FINISHED})
+            return
+        pack = PackedTrials([(m.trial_id, m.config) for m in running])
+        for m in running:
+            saved = restored.get(m.trial_id)
+            if saved is not None:
+                pack.load_member_state(m.trial_id, saved.trial_state)
+                m.logger.history, m.logger.alignment_rows = saved.history, saved.alignment_rows
+        tags = {TAG_DEVICE: _device_name(pack.device),
+                TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
+                TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+                TAG_START_EPOCH: str(pack.epoch), TAG_PACK: pack_payload.pack_id,
+                TAG_PACK_SIZE: str(len(running))}
+        for m in running:
+            m.tracking.call(m.logger.start, tags)
+        _train(pack, {m.trial_id: m for m in running}, attempt_started)
     except XmemError as error:
-        # A user error (a missing dataset, images too small for the model) fails the same way
-        # on every retry: end the trial failed now instead of spending max_failures retries.
-        _end_failed(logger, f"{error}\n\n{traceback.format_exc()}", error_summary(error), ERROR_USER)
-        tune.report({REPORT_STATUS: STATUS_FAILED})
+        # A user error shared by the pack (a missing dataset, images too small for the model)
+        # fails the same way on every retry: end the trials failed now instead of spending
+        # max_failures retries.
+        text = f"{error}\n\n{traceback.format_exc()}"
+        for m in members:
+            if not m.ended:
+                _end_failed(m.logger, text, error_summary(error), ERROR_USER)
+        tune.report({REPORT_STATUS: STATUS_FAILED,
+                     REPORT_MEMBERS: {m.trial_id: [None, STATUS_FAILED] for m in members if not m.ended}})
     except BaseException as error:
-        _end_failed(logger, traceback.format_exc(), error_summary(error), ERROR_CRASH)
+        for m in members:
+            if not m.ended:
+                _end_failed(m.logger, traceback.format_exc(), error_summary(error), ERROR_CRASH)
         raise
+
+
+def _fitting(members: list[_Member], restored: dict[str, TrialCheckpoint]) -> list[_Member]:
+    """The members that can train: a member whose checkpoint belongs to another config (or
+    another xmem version) fails alone, as a user error; the rest go on."""
+    fitting = []
+    for m in members:
+        saved = restored.get(m.trial_id)
+        try:
+            if saved is not None:
+                check_state_fits(saved.trial_state, m.config)
+        except XmemError as error:
+            _end_failed(m.logger, f"{error}\n\n{traceback.format_exc()}", error_summary(error), ERROR_USER)
+            m.ended = True
+            continue
+        fitting.append(m)
+    return fitting
+
+
+def _train(pack: PackedTrials, members: dict[str, _Member], attempt_started: float) -> None:
+    """The pack's loop: log every record, end members as they end, checkpoint, report."""
+    config = pack.config
+    clock = _CheckpointClock(config.checkpoint_every)
+    clock.last_epoch = pack.epoch
+    last_report = time.monotonic()
+    ended_at: dict[str, int] = {}  # member -> the epoch it ended at
+
+    def progress(epoch: int) -> dict[str, list]:
+        return {tid: [ended_at.get(tid, epoch), pack.status[tid]] for tid in members}
+
+    with tempfile.TemporaryDirectory(prefix="xmem-ckpt-") as scratch:
+        for step in pack.run():
+            for trial_id, record in step.records.items():
+                members[trial_id].logger.log_record(record)
+            for trial_id, status in step.ended.items():
+                _finish(members[trial_id], status, step.weights[trial_id], attempt_started, clock)
+                ended_at[trial_id] = step.epoch
+            report = {REPORT_EPOCH: step.epoch, REPORT_STATUS: STATUS_RUNNING,
+                      REPORT_MEMBERS: progress(step.epoch)}
+            if pack.size and clock.due(step.epoch, final=step.epoch >= config.epochs):
+                for trial_id in pack.keys:
+                    members[trial_id].tracking.flush_now_and_then(force=True)
+                started = time.monotonic()
+                checkpoint = _save_pack_checkpoint(pack, members, Path(scratch))
+                tune.report(report, checkpoint=checkpoint)  # Tune copies it to storage
+                shutil.rmtree(checkpoint.path, ignore_errors=True)
+                clock.saved(step.epoch, time.monotonic() - started)
+                last_report = time.monotonic()
+                continue
+            for trial_id in pack.keys:
+                members[trial_id].tracking.flush_now_and_then()
+            if step.ended or time.monotonic() - last_report >= SECONDS_BETWEEN_REPORTS:
+                tune.report(report)
+                last_report = time.monotonic()
+    tune.report({REPORT_EPOCH: pack.epoch, REPORT_STATUS: STATUS_FINISHED,
+                 REPORT_MEMBERS: progress(pack.epoch)})
+
+
+def _save_pack_checkpoint(pack: PackedTrials, members: dict[str, _Member], scratch: Path) -> tune.Checkpoint:
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    save_pack_checkpoint([TrialCheckpoint(tid, members[tid].logger.run_id, pack.member_state(tid),
+                                          members[tid].logger.history, members[tid].logger.alignment_rows)
+                          for tid in pack.keys], folder)
+    return tune.Checkpoint.from_directory(str(folder))
+
+
+def _finish(member: _Member, status: str, weights: dict[str, Any], attempt_started: float,
+            clock: _CheckpointClock) -> None:
+    """A member ended (finished or diverged): its final artifacts, then its run FINISHED."""
+    logger, tracking = member.logger, member.tracking
+    tracking.call(logger.set_tags, {
+        TAG_ATTEMPT_SECONDS: f"{time.monotonic() - attempt_started:.3f}",
+        TAG_CHECKPOINT_SECONDS: f"{clock.total_seconds:.3f}",
+        TAG_CHECKPOINTS: str(clock.count)})
+    tracking.call(logger.flush)
+    tracking.call(logger.log_final_artifacts, member.config, logger.history, logger.alignment_rows,
+                  weights)
+    tracking.call(logger.finish, status)
+    member.ended = True
 
 
 def _end_failed(logger: TrialRunLogger, error_text: str, summary: str, kind: str) -> None:
