@@ -24,7 +24,7 @@ from orchestrator.spec import load_spec
 from orchestrator.run import run_sweep
 from orchestrator.tracking.server import start_local_server
 from workers import contract
-from workers.trial import Trial
+from workers.pack import PackedTrials
 
 pytestmark = pytest.mark.slow
 
@@ -96,13 +96,15 @@ def _kill_worker_when_at(uri: str, name: str, step: int, killed: dict) -> thread
     return thread
 
 
-def _reference_metrics(spec_path: Path, trial_id: str) -> list[dict]:
-    """An uninterrupted in-process run of the same config (one thread, like a Ray worker)."""
-    config = next(t.config for t in expand_trials(load_spec(spec_path)) if t.trial_id == trial_id)
+def _reference_metrics(spec_path: Path, trial_id: str, pack_with: tuple[str, ...] = ()) -> list[dict]:
+    """An uninterrupted in-process run of the same config by the sweep's engine (a pack, of one
+    or with the trials ``pack_with``), on one thread like a Ray worker."""
+    configs = {t.trial_id: t.config.replace(device="cpu") for t in expand_trials(load_spec(spec_path))}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [record.flat() for record in Trial(config.replace(device="cpu")).run()]
+        pack = PackedTrials([(tid, configs[tid]) for tid in (trial_id, *pack_with)])
+        return [step.records[trial_id].flat() for step in pack.run() if trial_id in step.records]
     finally:
         torch.set_num_threads(threads)
 
