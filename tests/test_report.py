@@ -206,6 +206,19 @@ def test_linked_temperature_labels_sigma_instead_of_splitting_panels(tmp_path):
     assert {f.path.name for f in drawn} >= {"fig1_test_acc_over_epochs.png", "fig2_accuracy_vs_sigma.png"}
 
 
+def test_alignment_figure_draws_rho_only_over_one_setup(tmp_path):
+    relu = [_trial(trial_id=f"r{sigma}", sigma=sigma, **{contract.ALIGN_GRAD: 0.1 / sigma})
+            for sigma in (0.01, 0.1, 1.0)]
+    sin = [dict(r, trial_id=f"s{r['sigma']}", activation="sin") for r in relu]
+
+    def caption(trials):
+        drawn = figures.draw_figures(pa.Table.from_pylist(trials), None, tmp_path)
+        return next(f.caption for f in drawn if f.path.name == "fig4_test_acc_vs_alignment.png")
+
+    assert "no ρ is drawn" not in caption(relu)
+    assert caption(relu + sin).endswith("These trials are 2 setups: no ρ is drawn.")
+
+
 def test_failed_trials_are_not_drawn_and_an_all_failed_sweep_draws_nothing(tmp_path):
     failed = [_trial(trial_id="f", status="failed", sigma=1.0)]
     assert figures.draw_figures(pa.Table.from_pylist(failed), None, tmp_path) == []

@@ -252,4 +252,4 @@ def with_evidence(evidence: str, diverged: Sequence[Row]) -> str:
     if not diverged:
         return evidence
     at = ", ".join(sigma_text(s) for s in sigmas(diverged)) or "glorot init"
-    return f"{evidence} (left out: {len(diverged)} diverged trial(s) at {at})"
+    return f"{evidence} (left out: {len(diverged)} diverged trial(s) at {at})".lstrip()
