@@ -12,17 +12,16 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from orchestrator.results import tables
-from orchestrator.results.claims.regime import (Finding, Row, at_chance_bound, apart, judge,
-                                                inconclusive, like_groups,
-                                                mlp_baseline, not_testable, num, pct, series,
-                                                sigma_range, sigma_text, sigmas, scale,
-                                                split_diverged, trials_by_sigma, untrained,
-                                                with_evidence)
+from orchestrator.results.claims.regime import (Finding, Row, apart, at_chance_bound,
+                                                inconclusive, judge, like_groups, mlp_baseline,
+                                                not_testable, num, pct, scale, series,
+                                                sigma_range, sigma_text, sigmas, split_diverged,
+                                                trials_by_sigma, untrained, with_evidence)
 from orchestrator.results.claims.rules import (LARGE_SCALE, LOGIT_ALIGNMENT_SATURATED,
                                                LOGIT_ALIGNMENT_TINY, MIN_DROP, MIN_RANK_TRIALS,
-                                               NOT_TESTABLE,
-                                               MIN_RHO, SAME_ALIGNMENT, SATURATED, UNCORRELATED,
-                                               UNCORRELATED_FROM_SIGMA, WELL_ABOVE_CHANCE)
+                                               MIN_RHO, NOT_TESTABLE, SAME_ALIGNMENT, SATURATED,
+                                               UNCORRELATED, UNCORRELATED_FROM_SIGMA,
+                                               WELL_ABOVE_CHANCE)
 from orchestrator.results.grouping import SIGMA, Summary, by_sigma, chance, finite, spearman
 from workers import contract
 from workers.datasets import FACTS
@@ -128,17 +127,22 @@ def claim3(rows, epoch0):
                         "align/grad logged", varied=(SIGMA, "dataset"))
 
 
+def _usable(members) -> list[Row]:
+    """The trials with both a final align/grad and a best test accuracy."""
+    return [r for r in members if finite(r.get(contract.ALIGN_GRAD))
+            and finite(r.get(contract.TEST_BEST_ACC))]
+
+
 def _rho(members) -> tuple[float, float, int] | None:
-    usable = [r for r in members if finite(r.get(contract.ALIGN_GRAD))
-              and finite(r.get(contract.TEST_BEST_ACC))]
+    """Spearman's (rho, two-sided p, n) of best test against align/grad; None if undefined."""
+    usable = _usable(members)
     found = spearman([r[contract.ALIGN_GRAD] for r in usable],
                      [r[contract.TEST_BEST_ACC] for r in usable])
     return None if found is None else (found[0], found[1], len(usable))
 
 
 def _claim3(members):
-    usable = [r for r in members if finite(r.get(contract.ALIGN_GRAD))
-              and finite(r.get(contract.TEST_BEST_ACC))]
+    usable = _usable(members)
     rho = _rho(members)
     if len(usable) < MIN_RANK_TRIALS or rho is None:
         problem = (f"{len(usable)} trial(s) with align/grad and best test < {MIN_RANK_TRIALS}, too "
