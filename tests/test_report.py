@@ -55,7 +55,7 @@ def test_report_writes_figures_html_and_claims_and_logs_them_to_the_parent_run(
     assert verdicts["3"]["verdict"] == claims.PASS
     for claim in ("4a", "4b", "4c", "5", "7a", "7b", "8"):
         assert verdicts[claim]["verdict"] == claims.NOT_TESTABLE, claim
-    assert verdicts["6"]["verdict"] == claims.NOT_TESTABLE and "digits" in verdicts["6"]["evidence"]
+    assert verdicts["6"]["verdict"] == claims.NOT_TESTABLE and "digits" in verdicts["6"]["missing"]
     # Seeds aggregated: two per sigma, and claim 1's numbers are the table's means.
     trials = pq.read_table(exported).to_pylist()
     best_small = sum(r[contract.TEST_BEST_ACC] for r in trials if r["sigma"] == 0.01) / 2
