@@ -181,6 +181,7 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
     it found, which is how this function learns of the interrupt (``TrialsRun.interrupted``).
     """
     names = {p.trial_id: p.name for p in payloads}
+    folders = {p.trial_id: f"{p.name}-{p.trial_id}-{session}" for p in payloads}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
@@ -189,7 +190,7 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # one worker process (and one torch import) per slot, not per trial
             trial_name_creator=lambda t: names[_trial_id(t)],
-            trial_dirname_creator=lambda t: f"{names[_trial_id(t)]}-{_trial_id(t)}-{session}",
+            trial_dirname_creator=lambda t: folders[_trial_id(t)],
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
@@ -211,7 +212,11 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
             and not _tune_sigint_disabled()
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
-    errors = {TrialPayload.of_tune_config(result.config).trial_id: str(result.error)
+    # A trial that failed before its first report has no config in its result (Tune keeps
+    # the config in the reported metrics): its folder's name says which trial it was.
+    trial_of_folder = {folder: trial_id for trial_id, folder in folders.items()}
+    errors = {(TrialPayload.of_tune_config(result.config).trial_id if result.config
+               else trial_of_folder[result.path.rstrip("/").rsplit("/", 1)[-1]]): str(result.error)
               for result in results if result.error is not None}
     return TrialsRun(errors, interrupted)
 
