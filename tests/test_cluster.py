@@ -174,44 +174,24 @@ def test_a_cluster_with_a_node_on_another_host_refuses_the_embedded_server_and_u
         assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
 
 
-@pytest.mark.skipif(not can_fake_another_host(),
-                    reason="needs unshare --uts --mount (root) to stand in for a second machine")
-def test_a_node_that_joins_mid_sweep_without_the_storage_folder_fails_its_trial_not_the_sweep(
-        tmp_path, mlflow_server):
-    """Stand-in, named as such, for a machine added to the cluster while a sweep runs (an
-    autoscaler's) that lacks the shared storage mount: a node with a host name of its own and
-    an empty tmpfs over the storage's parent folder, started once the first trial trains on
-    the head. Preflight saw one node and passed; the second trial goes to the new node, where
-    Tune refuses the storage before the trial reports anything. That trial fails with Tune's
-    reason, the other finishes, and the sweep ends with its table (exit 1), not a traceback."""
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    client = MlflowClient(mlflow_server.uri)
-    spec, name = _spec(tmp_path, "[0.1, 10.0]", epochs=300)
-    spec.write_text(spec.read_text().replace("max_failures: 2", "max_failures: 0"))
-    with RayCluster() as cluster:
-        address = cluster.start_head(cpus=1)
-        joined: dict = {}
 
-        def add_the_node_once_a_trial_trains() -> None:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if client.get_experiment_by_name(name) and any(
-                        _steps(client, run.info.run_id) for run in _trial_runs(client, name)):
-                    joined["node"] = cluster.add_node(cpus=1, hostname="xmem-stand-in-host",
-                                                      hidden=[hidden])
-                    return
-                time.sleep(0.3)
+def test_a_trial_that_fails_before_its_first_report_is_named_by_its_folder(tmp_path, ray_cluster):
+    """What a node without the storage mount or without xmem's dependencies does to a trial:
+    it fails before reporting anything, so Tune's result holds no config. Here, for real, a
+    payload whose trial config the worker rejects before it starts; the driver still learns
+    which trial failed and why (it used to crash on the missing config)."""
+    from orchestrator import tune_runner
+    from workers.contract import TrialPayload
 
-        adder = threading.Thread(target=add_the_node_once_a_trial_trains, daemon=True)
-        adder.start()
-        lines: list[str] = []
-        outcome = run_sweep(str(spec), address=address, tracking_uri=mlflow_server.uri,
-                            storage=str(hidden / "store"), echo=lines.append)
-        adder.join(timeout=60)
-    assert joined, "the node never joined"
-    rows = sorted(outcome.rows, key=lambda row: row["status"])
-    assert [row["status"] for row in rows] == ["failed", "finished"]
-    assert "storage" in rows[0]["error"]                       # Tune's reason, in the table
-    assert outcome.exit_code == 1
-    assert rows[0]["error"].splitlines()[0] in "\n".join(lines)
+    tune_runner.connect(ray_cluster)
+    try:
+        payload = TrialPayload(trial={"sigma": "not a number"}, trial_id="0123456789ab",
+                               name="broken", run_id="no-run", tracking_uri="http://127.0.0.1:9")
+        ran = tune_runner.run_trials("broken", [payload], storage=str(tmp_path / "store"), cpu=1,
+                                     gpu=0, max_concurrent=None, max_failures=0,
+                                     events=tune_runner.TrialEvents(), session="s1")
+    finally:
+        tune_runner.disconnect()
+    assert list(ran.errors) == ["0123456789ab"]
+    assert "sweep trial: 1 problem(s)" in ran.errors["0123456789ab"]   # the whole reason
+    assert "sigma" in ran.errors["0123456789ab"]
