@@ -212,11 +212,10 @@ def run_trials(sweep_name: str, payloads: list[TrialPayload], *, storage: str, c
             and not _tune_sigint_disabled()
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
-    # A trial that failed before its first report has no config in its result (Tune keeps
-    # the config in the reported metrics): its folder's name says which trial it was.
+    # Results are matched to trials by their folder's name: a trial that failed before its
+    # first report (its node cannot reach the storage, say) has no config in its result.
     trial_of_folder = {folder: trial_id for trial_id, folder in folders.items()}
-    errors = {(TrialPayload.of_tune_config(result.config).trial_id if result.config
-               else trial_of_folder[result.path.rstrip("/").rsplit("/", 1)[-1]]): str(result.error)
+    errors = {trial_of_folder[result.path.rstrip("/").rsplit("/", 1)[-1]]: str(result.error)
               for result in results if result.error is not None}
     return TrialsRun(errors, interrupted)
 

@@ -175,11 +175,13 @@ def test_a_cluster_with_a_node_on_another_host_refuses_the_embedded_server_and_u
 
 
 
-def test_a_trial_that_fails_before_its_first_report_is_named_by_its_folder(tmp_path, ray_cluster):
-    """What a node without the storage mount or without xmem's dependencies does to a trial:
-    it fails before reporting anything, so Tune's result holds no config. Here, for real, a
-    payload whose trial config the worker rejects before it starts; the driver still learns
-    which trial failed and why (it used to crash on the missing config)."""
+def test_a_trial_that_fails_before_its_first_report_is_named_with_its_whole_reason(
+        tmp_path, ray_cluster):
+    """A trial that fails in its worker before reporting anything, as on a node that cannot
+    set up the storage (Tune's result then holds no config: the driver used to crash on it;
+    results are now matched to trials by their folders). Here, for real, a payload whose
+    trial config the worker rejects before it starts: the driver learns which trial failed,
+    with the config error's whole message (it used to arrive one problem per character)."""
     from orchestrator import tune_runner
     from workers.contract import TrialPayload
 
