@@ -118,18 +118,23 @@ class RayCluster:
         return self._start([f"--address={self.address}"], cpus, f"node{len(self.nodes)}", wrapper)
 
     def _start(self, args: list[str], cpus: int, name: str, wrapper: Sequence[str] = ()) -> RayNode:
+        """``ray start``, tried twice: on a loaded 2-core machine a raylet can miss Ray's
+        fixed 30 s to register (the failed try's processes are killed first)."""
         log = self.temp_dir / f"{name}.log"
         command = [*wrapper, RAY, "start", *args, "--node-ip-address=127.0.0.1",
                    f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats"]
-        with open(log, "wb") as out:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=subprocess.STDOUT, env={**self.env, **self.node_env},
-                                       start_new_session=True)
-        node = RayNode(process.pid, log)
-        self.nodes.append(node)  # before waiting: torn down even if the start fails
-        if process.wait(timeout=120) != 0:
-            raise RuntimeError(f"ray start failed ({shlex.join(command)}):\n{log.read_text()}")
-        return node
+        for attempt in (1, 2):
+            with open(log, "ab") as out:
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                           stderr=subprocess.STDOUT,
+                                           env={**self.env, **self.node_env},
+                                           start_new_session=True)
+            node = RayNode(process.pid, log)
+            self.nodes.append(node)  # before waiting: torn down even if the start fails
+            if process.wait(timeout=120) == 0:
+                return node
+            node.kill()
+        raise RuntimeError(f"ray start failed twice ({shlex.join(command)}):\n{log.read_text()}")
 
     def stop(self) -> None:
         for node in self.nodes:
