@@ -90,7 +90,7 @@ def embedded_server_refusal(cluster: str) -> str:
     return (f"{cluster} runs trials on other machines, which cannot reach an embedded tracking "
             "server on 127.0.0.1.\nGive a tracking server every node reaches: --tracking-uri "
             "http://HOST:5000 (or MLFLOW_TRACKING_URI, or tracking_uri in the spec); "
-            "docker/README.md shows how to run one. Use --storage on a shared filesystem or s3:// "
+            "README.md (\"On a cluster\") shows how to run one. Use --storage on a shared filesystem or s3:// "
             "as well, so that trials can resume on any node.")
 
 
