@@ -17,7 +17,7 @@
    (a trial resumes from its checkpoint on whichever node runs it next).
 
 The embedded tracking server starts only when step 1 found nothing, and its folder is removed
-again when step 2 finds a problem (``orchestrator.run``).
+again when step 2 or 3 finds a problem (``orchestrator.run``).
 """
 
 from __future__ import annotations
