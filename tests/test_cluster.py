@@ -11,22 +11,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import assert_user_error
-from orchestrator.cli import main
 from orchestrator.run import run_sweep
 from ray_nodes import RayCluster, can_fake_another_host
 from workers import contract
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # About 0.03 s per epoch on one core of this 2-core machine (all 1,198 digits, 150 steps of a
 # 1024-wide MLP): a few seconds per trial, long enough to overlap the other node's start-up
@@ -132,6 +134,22 @@ def test_trials_run_on_both_nodes_and_survive_a_node_killed_mid_trial(tmp_path, 
     assert int(survivor.data.tags[contract.TAG_START_EPOCH]) >= 20    # from its checkpoint
 
 
+def _xmem(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``xmem ARGS`` in a process of its own, as a user runs it: ``ray.init()`` then reads
+    RAY_ADDRESS and Ray's current-cluster file from a fresh process (Ray keeps state per
+    process, which would leak into later tests)."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, **env}, timeout=300)
+
+
+def _assert_user_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output, output
+    for fragment in fragments:
+        assert fragment in output, (fragment, output)
+
+
 @pytest.mark.skipif(not can_fake_another_host(),
                     reason="needs unshare --uts --mount (root) to stand in for a second machine")
 def test_a_cluster_with_a_node_on_another_host_refuses_the_embedded_server_and_unshared_storage(
@@ -151,28 +169,25 @@ def test_a_cluster_with_a_node_on_another_host_refuses_the_embedded_server_and_u
         cluster.add_node(cpus=1, hostname="xmem-stand-in-host", hidden=[hidden])
         no_address = {"RAY_TMPDIR": str(cluster.temp_dir), "RAY_ADDRESS": "", "MLFLOW_TRACKING_URI": ""}
 
-        result = CliRunner().invoke(main, ["sweep", str(spec), "--storage", str(store)],
-                                    env=no_address)
-        assert_user_error(result, "runs trials on other machines", "127.0.0.1",
-                          "found through Ray's current-cluster file", "xmem-stand-in-host",
-                          "--tracking-uri", "Nothing was created")
+        done = _xmem("sweep", str(spec), "--storage", str(store), env=no_address)
+        _assert_user_error(done, "runs trials on other machines", "127.0.0.1",
+                           "found through Ray's current-cluster file", "xmem-stand-in-host",
+                           "--tracking-uri", "Nothing was created")
         assert not store.exists()
 
-        result = CliRunner().invoke(main, ["sweep", str(spec), "--storage", str(store)],
-                                    env={**no_address, "RAY_ADDRESS": address})
-        assert_user_error(result, "runs trials on other machines", "(RAY_ADDRESS;",
-                          "xmem-stand-in-host")
+        done = _xmem("sweep", str(spec), "--storage", str(store),
+                     env={**no_address, "RAY_ADDRESS": address})
+        _assert_user_error(done, "runs trials on other machines", "(RAY_ADDRESS;",
+                           "xmem-stand-in-host")
         assert not store.exists()
 
-        result = CliRunner().invoke(main, ["sweep", str(spec), "--address", address,
-                                           "--tracking-uri", mlflow_server.uri,
-                                           "--storage", str(hidden / "store")])
-        assert_user_error(result, f"storage {hidden / 'store'}: not visible on node",
-                          "host xmem-stand-in-host", "s3://")
-        assert "other machines" not in result.output               # a tracking server is given
+        done = _xmem("sweep", str(spec), "--address", address, "--tracking-uri", mlflow_server.uri,
+                     "--storage", str(hidden / "store"), env={})
+        _assert_user_error(done, f"storage {hidden / 'store'}: not visible on node",
+                           "host xmem-stand-in-host", "s3://")
+        assert "other machines" not in done.stdout + done.stderr    # a tracking server is given
         assert not (hidden / "store").exists()
         assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name) is None
-
 
 
 def test_a_trial_that_fails_before_its_first_report_is_named_with_its_whole_reason(
