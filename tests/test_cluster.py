@@ -7,6 +7,7 @@
 - The embedded tracking server is refused when the cluster Ray joined (by RAY_ADDRESS, or by
   Ray's current-cluster file with no address at all) has a node on another host, and a
   ``--storage`` folder that a node does not see is refused before anything is created.
+- A trial that fails before its first report is still named, with its whole reason.
 """
 
 from __future__ import annotations
