@@ -20,7 +20,7 @@ from workers import contract
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*.yaml"))
-PAPER_SPECS = ("fig1-sin", "fig4-relu-losses", "fig5-architectures", "temperature",
+PAPER_SPECS = ("fig1", "fig4-relu-losses", "fig5-architectures", "temperature",
                "cifar10-offline")
 PAPER_HYPERPARAMETERS = {"hidden": 1024, "lr": 0.01, "momentum": 0.0, "batch_size": 256}
 PAPER_SIGMAS = [0.001, 0.01, 0.1, 1.0, 10.0]
