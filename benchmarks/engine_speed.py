@@ -5,7 +5,10 @@
   (b) xmem's engine: ``workers.trial.Trial`` on a device-resident ``DeviceDataset`` (on-device
       shuffling, index-sliced batches), with its evaluation and alignment schedule;
   (c) alignment on the training probe (100 per class): ``gradient_alignment`` (Gram matrices)
-      against ``per_example_alignment`` (the per-example autograd loop), values compared.
+      against ``per_example_alignment`` (the per-example autograd loop), values compared;
+  (d) packed: ``workers.pack.PackedTrials`` training M trials (different sigmas and seeds) as one
+      batched computation, for each M of ``--pack-sizes`` (default 1, 5, 20), timed per
+      *model-epoch* (a pack epoch / M), against the same M trials alone and against (a), (b).
 
 Model and optimizer are the paper's: x (3072) -> W1 (1024, no bias) -> sin -> W2 (10, no bias),
 W1 ~ Normal(0, sigma^2), softmax cross-entropy, plain SGD lr 0.01, batch 256. TF32 is off.
@@ -20,7 +23,16 @@ trial of ``--trial-epochs``, epoch 0 included):
                hidden-layer dynamics on the probe) x evaluations per training epoch (1/eval_every).
 The issue's target is on "train + align share"; "train + eval share + align share" is what a
 trial with the given eval_every really costs per epoch. (a) counts training only; its epochs
-alternate with (b)'s so that a busy machine slows both alike. Figures are medians.
+alternate with (b)'s (and each pack's) so that a busy machine slows all alike. Figures are medians.
+
+(d) counts the same shares for a pack: ``PackedTrials.train_epoch()``; ``evaluate()`` on a plain
+epoch (every member's loss, accuracy and dynamics); the alignment an alignment epoch adds (the
+pack's per-member alignment call for each member); all divided by M. Members get the paper's
+sigmas (0.001 ... 10, cycled) and seeds 0 ... M-1. Its reference, "alone", is the same M members
+as M separate ``Trial``s, one after another: one epoch of each, timed as one block that
+alternates with the pack's epoch (so both span about as long a stretch of a busy machine's load;
+comparing a 10 s pack epoch with the median of 0.2 s single-trial epochs would not be fair on a
+shared CPU). "alone/pack" > 1 answers yes to: is one pack of M faster than M trials?
 
 (c) times both on the same model; the loop may run on fewer examples (``--loop-examples``) and is
 then scaled linearly to the probe. "Identical" is checked in float64 (model and probe cast), where
@@ -29,7 +41,8 @@ differently (a batch vs one example at a time), which moves Omega by up to ~1e-5
 that float32 difference is printed too.
 
 Runs from the repository root without installing xmem (``python benchmarks/engine_speed.py``);
-imports only ``workers`` (never ``orchestrator``, ray or mlflow). Data: the CIFAR-10 Parquet
+imports only ``workers`` (never ``orchestrator``, ray or mlflow), so it runs on a GPU machine
+that has torch alone. Data: the CIFAR-10 Parquet
 table when present (``--data-file``, default ../shared/data/cifar10-jpeg.parquet), else random
 standardized images of the same size, said so in the output. Exit status: 0, or 1 when TF32 is
 on or the alignment values differ, 2 on a usage error.
@@ -63,6 +76,7 @@ from workers.alignment_reference import per_example_alignment  # noqa: E402
 from workers.config import TrialConfig  # noqa: E402
 from workers.data import DeviceDataset, load_dataset, per_image_standardize, probe_indices  # noqa: E402
 from workers.errors import XmemError  # noqa: E402
+from workers.pack import PackedTrials  # noqa: E402
 from workers.trial import (Trial, is_align_epoch, is_eval_epoch, keep_float32_exact,  # noqa: E402
                            resolve_device)
 
@@ -76,6 +90,8 @@ BATCH_SIZE, LR = 256, 0.01
 # machine has, and its float64 check twice that.
 CPU_LOOP_EXAMPLES = 100
 CHECK_EXAMPLES = 100  # examples of the float64 identity check (10 per class)
+PACK_SIGMAS = (0.001, 0.01, 0.1, 1.0, 10.0)  # the paper's grid; member i gets PACK_SIGMAS[i % 5]
+DEFAULT_PACK_SIZES = (1, 5, 20)
 # Defaults of options left unset; --epochs and --loop-examples also depend on the device.
 FULL = {"train_size": FULL_TRAIN, "test_size": FULL_TEST, "probe_per_class": 100, "reps": 3,
         "hidden": 1024}
@@ -89,13 +105,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]  # --clock cpu: CPU seconds of this process (all its threads)
+
+
 def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds, result) of ``fn()``, with the device synchronized before both clock reads."""
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     result = fn()
     synchronize(device)
-    return time.perf_counter() - start, result
+    return clock() - start, result
 
 
 def device_description(device: torch.device) -> str:
@@ -201,24 +221,58 @@ def typical_epoch(data: DeviceDataset, hidden: int, sigma: float,
     return epoch
 
 
-def time_training(config: TrialConfig, data: DeviceDataset, args: argparse.Namespace,
-                  device: torch.device) -> tuple[Trial, dict[str, list[float]]]:
-    """The engine's trained trial, and seconds of each timed epoch of (a) and of (b).
+def pack_members(config: TrialConfig, size: int) -> list[tuple[str, TrialConfig]]:
+    """``size`` members of one pack: the benchmark trial with the paper's sigmas (cycled) and
+    seeds 0 ... size-1."""
+    return [(f"m{i}", config.replace(sigma=PACK_SIGMAS[i % len(PACK_SIGMAS)], seed=i))
+            for i in range(size)]
 
-    Epochs alternate (a), (b), (a), ... so that a busy machine slows both alike.
+
+def time_training(config: TrialConfig, data: DeviceDataset, args: argparse.Namespace,
+                  device: torch.device) -> tuple[Trial, dict[str, list[float]],
+                                                 dict[int, PackedTrials], dict[int, list[Trial]],
+                                                 dict[int, dict[str, list[float]]]]:
+    """The engine's trained trial, seconds of each timed epoch of (a) and of (b), the trained
+    packs (M -> pack), the same members trained alone (M -> trials), and seconds of each timed
+    epoch of each pack and of its members alone, one after another (M -> seconds).
+
+    Epochs alternate (a), (b), pack M1 and its members alone (in turn first), pack M2 ...,
+    (a), ... so that a busy machine slows all alike.
     """
     epoch_a = typical_epoch(data, args.hidden, args.sigma, device)
     trial = Trial(config, data)
+    packs = {m: PackedTrials(pack_members(config, m), data) for m in args.pack_sizes}
+    alone = {m: [Trial(c, data) for _, c in pack_members(config, m)] for m in args.pack_sizes}
     seconds_a, seconds_b = [], []
+    seconds_pack: dict[int, dict[str, list[float]]] = {
+        m: {"train_epoch_s": [], "alone_train_epochs_s": []} for m in args.pack_sizes}
     for index in range(args.warmup + args.epochs):
         a, _ = timed(device, epoch_a)
         b, healthy = timed(device, trial.train_epoch)
         if not healthy:
             raise XmemError("the engine's trial diverged during the benchmark; use a smaller --sigma")
+        packed = {}
+        for m, pack in packs.items():
+            def one_by_one() -> bool:
+                return all([t.train_epoch() for t in alone[m]])
+            pack_first = index % 2 == 0
+            for which in ("pack", "alone") if pack_first else ("alone", "pack"):
+                if which == "pack":
+                    packed[m, which], diverged = timed(device, pack.train_epoch)
+                else:
+                    packed[m, which], healthy = timed(device, one_by_one)
+                    diverged = [] if healthy else ["(alone)"]
+                if diverged:
+                    raise XmemError(f"members {', '.join(diverged)} of the pack of {m} diverged "
+                                    "during the benchmark")
         if index >= args.warmup:
             seconds_a.append(a)
             seconds_b.append(b)
-    return trial, {"a_epoch_s": seconds_a, "train_epoch_s": seconds_b}
+            for m in packs:
+                seconds_pack[m]["train_epoch_s"].append(packed[m, "pack"])
+                seconds_pack[m]["alone_train_epochs_s"].append(packed[m, "alone"])
+    return (trial, {"a_epoch_s": seconds_a, "train_epoch_s": seconds_b}, packs, alone,
+            seconds_pack)
 
 
 # --- (b): evaluation and alignment -----------------------------------------------------
@@ -254,6 +308,30 @@ def time_evaluation(trial: Trial, reps: int) -> dict[str, list[float]]:
             for values, seconds in zip((plain, alignment, aligned), times):
                 values.append(seconds)
     return {"evaluate_plain_s": plain, "alignment_s": alignment, "evaluate_align_epoch_s": aligned}
+
+
+def time_pack_evaluation(pack: PackedTrials, alone: list[Trial], reps: int) -> dict[str, list[float]]:
+    """Seconds of a pack's evaluate() on a plain epoch and of the alignment an alignment epoch
+    adds (the pack's per-member alignment call, once for every member), as for (b); and of
+    the same for its members alone (each Trial's evaluate(), one after another)."""
+    while is_align_epoch(pack.epoch, pack.config):
+        if pack.train_epoch() or not all([t.train_epoch() for t in alone]):
+            raise XmemError("a pack member diverged during the benchmark")
+    members = range(pack.size)
+    found: dict[str, list[float]] = {"evaluate_plain_s": [], "alignment_all_members_s": [],
+                                     "alone_evaluate_plain_s": []}
+    for rep in range(1 + reps):  # the first round warms up
+        times = {"evaluate_plain_s": timed(pack.device, pack.evaluate)[0],
+                 # private on purpose: exactly the calls evaluate() adds on an alignment epoch
+                 "alignment_all_members_s": timed(pack.device,
+                                                  lambda: [pack._alignment(i) for i in members])[0],
+                 "alone_evaluate_plain_s": timed(pack.device, lambda: [t.evaluate() for t in alone])[0]}
+        if rep:
+            for key, seconds in times.items():
+                found[key].append(seconds)
+    if pack.size != len(members):
+        raise XmemError("a pack member diverged during the benchmark")
+    return found
 
 
 # --- (c) alignment ----------------------------------------------------------------------
@@ -313,7 +391,8 @@ def time_alignment(trial: Trial, loop_examples: int, reps: int) -> dict[str, Any
 # --- report -----------------------------------------------------------------------------
 def summarize(args: argparse.Namespace, data_source: str, device: torch.device, config: TrialConfig,
               training: dict[str, list[float]], evaluation: dict[str, list[float]],
-              alignment: dict[str, Any]) -> dict[str, Any]:
+              alignment: dict[str, Any], pack_seconds: dict[int, dict[str, list[float]]]
+              ) -> dict[str, Any]:
     """Every number of the run (medians of the timed repetitions), per-epoch figures, targets."""
     median = statistics.median
     scale_train = FULL_TRAIN / args.train_size  # per-50k-epoch extrapolation, linear in examples
@@ -338,6 +417,46 @@ def summarize(args: argparse.Namespace, data_source: str, device: torch.device, 
     speedup_b = per_epoch["a_typical_loop"][1] / b_target
     speedup_align = loop_per_probe / fast
     identical = alignment["max_abs_diff_float64"] <= args.identical_tol
+    packed = {}
+    for m, seconds in pack_seconds.items():
+        p_train = median(seconds["train_epoch_s"]) / m
+        p_eval = median(seconds["evaluate_plain_s"]) / m
+        p_align = aligns_per_epoch * median(seconds["alignment_all_members_s"]) / m
+        alone_train = median(seconds["alone_train_epochs_s"]) / m
+        alone_eval = median(seconds["alone_evaluate_plain_s"]) / m
+        figures = {  # per model-epoch: (as measured, per 50k-example epoch)
+            "train": (p_train, p_train * scale_train),
+            "train_plus_align_share": (p_train + p_align, p_train * scale_train + p_align),
+            "train_plus_eval_and_align_share": (
+                p_train + evals_per_epoch * p_eval + p_align,
+                p_train * scale_train + evals_per_epoch * p_eval * scale_eval + p_align),
+        }
+        # The members alone: the same alignment (it is per member in a pack too).
+        alone_all = alone_train + evals_per_epoch * alone_eval + p_align
+        packed[str(m)] = {
+            "members": m,
+            "sigmas": [PACK_SIGMAS[i % len(PACK_SIGMAS)] for i in range(m)],
+            "seconds": {k: list(v) for k, v in seconds.items()},
+            "per_pack_epoch_s": {"train": median(seconds["train_epoch_s"]),
+                                 "alone_train_m_epochs": median(seconds["alone_train_epochs_s"]),
+                                 "evaluate_plain": median(seconds["evaluate_plain_s"]),
+                                 "alone_evaluate_plain_m": median(seconds["alone_evaluate_plain_s"]),
+                                 "alignment_all_members": median(seconds["alignment_all_members_s"])},
+            "per_model_epoch_s": {k: {"measured": a_, "per_50k_epoch": e}
+                                  for k, (a_, e) in figures.items()},
+            "alone_per_model_epoch_s": {"train": alone_train, "evaluate_plain": alone_eval,
+                                        "train_plus_eval_and_align_share": alone_all},
+            "alone_over_pack_train": alone_train / p_train,
+            "alone_over_pack_train_plus_eval_and_align": (
+                alone_all / figures["train_plus_eval_and_align_share"][0]),
+            # (a)/this on the target figure (train + alignment share, per 50k example epoch);
+            # (b)/this like for like: is a pack of M faster than M trials one after another?
+            "a_over_this": per_epoch["a_typical_loop"][1] / figures["train_plus_align_share"][1],
+            "b_over_this_train": train / p_train,
+            "b_over_this_train_plus_eval_and_align": (
+                per_epoch["b_train_plus_eval_and_align_share"][0]
+                / figures["train_plus_eval_and_align_share"][0]),
+        }
     tf32 = tf32_state()
     return {
         "environment": {"device": device_description(device), "torch": torch.__version__,
@@ -350,12 +469,14 @@ def summarize(args: argparse.Namespace, data_source: str, device: torch.device, 
                      "lr": LR, "eval_every": config.eval_every, "align_every": config.align_every,
                      "trial_epochs": config.epochs, "evals_per_epoch": evals_per_epoch,
                      "aligns_per_epoch": aligns_per_epoch, "probe_per_class": args.probe_per_class,
+                     "pack_sizes": list(args.pack_sizes), "clock": args.clock,
                      "quick": args.quick},
         "seconds": {**training, **evaluation, **alignment},
         "per_epoch_s": {k: {"measured": m, "per_50k_epoch": e} for k, (m, e) in per_epoch.items()},
         "evaluate_plain_s": eval_plain,
         "alignment_s": align,
         "evaluate_align_epoch_s": median(evaluation["evaluate_align_epoch_s"]),
+        "packed": packed,
         "alignment": {"fast_probe_s": fast, "loop_probe_s": loop_per_probe,
                       "loop_scaled": alignment["loop_examples"] != alignment["probe_examples"],
                       "speedup": speedup_align, "identical": identical},
@@ -380,7 +501,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"{'off' if env['tf32_off'] else 'ON (results invalid)'}: "
           + ", ".join(f"{k}={v}" for k, v in env["tf32"].items()))
     print(f"data   : {r['data']}")
-    print(f"timing : medians; {s['timed_epochs']} timed epoch(s) per method after {s['warmup_epochs']} "
+    clock_note = ("CPU seconds of the process (--clock cpu), " if s["clock"] == "cpu" else "")
+    print(f"timing : {clock_note}medians; {s['timed_epochs']} timed epoch(s) per method after {s['warmup_epochs']} "
           f"warm-up; evaluate() and gradient_alignment {s['reps']} rep(s) after 1 warm-up")
     print(f"(b)    : eval_every={s['eval_every']}, align_every={s['align_every']} over a "
           f"{s['trial_epochs']}-epoch trial = {s['evals_per_epoch']:.4f} evaluations and "
@@ -398,6 +520,9 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"    evaluate(): {r['evaluate_plain_s']:.4f} s on a plain epoch; alignment adds "
           f"{r['alignment_s']:.4f} s (probe-sized, not extrapolated); check: evaluate() on an "
           f"alignment epoch {r['evaluate_align_epoch_s']:.4f} s")
+
+    if r["packed"]:
+        print_packed(r, extrapolated)
 
     loop_note = (f"   (measured {sec['loop_s']:.3f} s on {sec['loop_examples']} examples, scaled)"
                  if al["loop_scaled"] else "")
@@ -421,6 +546,39 @@ def print_report(r: dict[str, Any]) -> None:
           f"{verdict[t['b_at_least_5x_faster_than_a']]} ({t['b_speedup_vs_a']:.2f}x)")
     print(f"    alignment >= 50x faster, identical values    : "
           f"{verdict[t['alignment_at_least_50x_faster_and_identical']]} ({al['speedup']:.1f}x)")
+
+
+def print_packed(r: dict[str, Any], extrapolated: bool) -> None:
+    """The (d) table: seconds per model-epoch of each pack and of its members alone; ratios."""
+    p = r["per_epoch_s"]
+    col = "per 50k" + (" (extr.)" if extrapolated else "")
+    print(f"\n(d) packed: PackedTrials of M members (sigmas {', '.join(f'{s:g}' for s in PACK_SIGMAS)}"
+          f" cycled, seeds 0..M-1) vs the same M members alone (M Trials, one after another);")
+    print("    seconds per model-epoch (= per pack epoch / M)")
+    widths = (10, 9, 9, 11, 3, 9, 9, 11, 3, 16, 10, 10)
+    def row(*cells: str) -> None:
+        print("".join(f"{c:<{w}}" if k == 0 else f"{c:>{w}}" for k, (c, w) in enumerate(zip(cells, widths))))
+    print(f"{'':<10}{'train only':^29}{'':<3}{'train + eval + align shares':^29}{'':<3}{col:>16}")
+    row("", "pack", "alone", "alone/pack", "", "pack", "alone", "alone/pack", "",
+        "pack + align", "(a)/pack", "(b)/pack")
+    b = p["b_train_plus_eval_and_align_share"]["measured"]
+    row("    (b)", f"{p['b_train_epoch']['measured']:.4f}", "", "", "", "", f"{b:.4f}", "", "", "", "", "")
+    for m, pk in r["packed"].items():
+        f, al = pk["per_model_epoch_s"], pk["alone_per_model_epoch_s"]
+        row(f"    M={m}", f"{f['train']['measured']:.4f}", f"{al['train']:.4f}",
+            f"{pk['alone_over_pack_train']:.2f}x", "",
+            f"{f['train_plus_eval_and_align_share']['measured']:.4f}",
+            f"{al['train_plus_eval_and_align_share']:.4f}",
+            f"{pk['alone_over_pack_train_plus_eval_and_align']:.2f}x", "",
+            f"{f['train_plus_align_share']['per_50k_epoch']:.4f}", f"{pk['a_over_this']:.2f}x",
+            f"{pk['b_over_this_train']:.2f}x")
+    for m, pk in r["packed"].items():
+        e = pk["per_pack_epoch_s"]
+        print(f"    M={m}: pack epoch {e['train']:.4f} s vs {m} trial epochs {e['alone_train_m_epochs']:.4f} s; "
+              f"evaluate() {e['evaluate_plain']:.4f} s vs {e['alone_evaluate_plain_m']:.4f} s; "
+              f"alignment of all members {e['alignment_all_members']:.4f} s")
+    print("    alone/pack > 1: one pack of M is faster than its M members as separate trials;"
+          " (a)/pack on the target figure, (b)/pack on train")
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -451,8 +609,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="largest float64 |difference| counted as identical (default 1e-9)")
     add("--quick", action="store_true", help="smoke test in seconds: tiny sizes, hidden 128, "
         "1 epoch, random data unless --data-file")
+    add("--threads", type=int, help="torch CPU threads (default: torch's own; a Ray trial "
+        "with cpu: 1 gets 1)")
+    add("--clock", choices=tuple(CLOCKS), default="wall", help="wall (default), or cpu: CPU "
+        "seconds of this process, steadier than wall time on a shared CPU with --threads 1 "
+        "(cpu only)")
+    add("--pack-sizes", default=",".join(map(str, DEFAULT_PACK_SIZES)),
+        help="members of each pack timed in (d), comma-separated (default 1,5,20; '' skips (d))")
     add("--json", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
+    try:
+        args.pack_sizes = sorted({int(m) for m in args.pack_sizes.split(",") if m.strip()})
+    except ValueError:
+        parser.error(f"--pack-sizes: comma-separated integers, got {args.pack_sizes!r}")
+    if any(m < 1 for m in args.pack_sizes):
+        parser.error("--pack-sizes: every size must be >= 1")
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:  # an explicit option wins over --quick
             setattr(args, key, value)
@@ -463,6 +634,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise XmemError("--device cuda: torch sees no CUDA GPU here; use --device auto or cpu")
     device = resolve_device(args.device)
+    global clock
+    if args.clock == "cpu" and device.type != "cpu":
+        raise XmemError("--clock cpu: only on a CPU device (a GPU runs asynchronously)")
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.epochs is None:
         args.epochs = 5 if device.type == "cuda" else 2
     if args.loop_examples is None:
@@ -477,14 +654,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source="benchmark trial")
     print(f"loading data on {device} ...", flush=True)
     data, source = benchmark_data(args, device)
-    print(f"(a), (b) training: {args.warmup} + {args.epochs} epochs each, alternating ...", flush=True)
-    trial, training = time_training(config, data, args, device)
+    packs_note = f", packs of {', '.join(map(str, args.pack_sizes))}" if args.pack_sizes else ""
+    print(f"(a), (b){packs_note} training: {args.warmup} + {args.epochs} epochs each, alternating ...",
+          flush=True)
+    trial, training, packs, alone, pack_training = time_training(config, data, args, device)
     print(f"(b) evaluate() and alignment: 1 + {args.reps} rounds ...", flush=True)
     evaluation = time_evaluation(trial, args.reps)
+    pack_seconds = {}
+    for m, pack in packs.items():
+        print(f"(d) pack of {m}: evaluate() and alignment: 1 + {args.reps} rounds ...", flush=True)
+        pack_seconds[m] = {**pack_training[m], **time_pack_evaluation(pack, alone[m], args.reps)}
+    del packs, alone
     print(f"(c) alignment: Gram on {len(data.probe_train)} examples, loop on up to "
           f"{args.loop_examples}, float64 check ...", flush=True)
     alignment = time_alignment(trial, args.loop_examples, args.reps)
-    return summarize(args, source, device, config, training, evaluation, alignment)
+    return summarize(args, source, device, config, training, evaluation, alignment, pack_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
