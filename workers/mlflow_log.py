@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,6 +263,8 @@ class PackSystemMetrics:
         self.host: str | None = self.running[0] if self.running and self.interval_s > 0 else None
         """The run that holds the pack's system metrics now (None: off, or every member ended)."""
         self._monitor: "SystemMetricsMonitor | None" = None
+        if self.host is not None:
+            _start_cpu_clock()
 
     def host_tags(self) -> dict[str, str]:
         """The tag naming the host, for every member's run (empty when off)."""
@@ -299,8 +302,10 @@ class PackSystemMetrics:
             return
         try:
             monitor.finish()
-            # MLflow's loop drops the samples of an interval it did not complete: a pack that
-            # ends within its first interval would have none.
+            # MLflow's loop drops the samples of an interval it did not complete (a pack that
+            # ends within its first interval would have none): they are sent as one step,
+            # with one more sample taken here (this thread's CPU clock started with the pack).
+            monitor.collect_metrics()
             leftover = monitor.aggregate_metrics()
             if leftover:
                 monitor.publish_metrics(leftover)
@@ -310,11 +315,43 @@ class PackSystemMetrics:
             _log.warning("could not send the last system metrics of run %s: %s", self.host, error)
 
 
+def _start_cpu_clock() -> None:
+    """psutil measures CPU use between two calls of the same thread, and a thread's first call
+    reads 0.0: calling it now in this (the training) thread makes the sample ``stop`` takes
+    here a measurement of the time since."""
+    try:
+        import psutil
+
+        psutil.cpu_percent()
+    except ImportError:  # _start_monitor says why the metrics are off
+        pass
+
+
 def _start_monitor(tracking_uri: str, run_id: str, interval_s: float) -> "SystemMetricsMonitor | None":
     """MLflow's monitor sampling into ``run_id`` (continuing its steps), started; None when it
     cannot run (psutil missing, a server error)."""
     try:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        class FirstReadingDroppedCPUMonitor(CPUMonitor):
+            """MLflow's CPU monitor without the CPU reading of a thread's first call to
+            psutil (always 0.0: no earlier call to measure from); memory is kept."""
+
+            def __init__(self):
+                super().__init__()
+                # Threads whose psutil CPU clock runs: the one creating it (PackSystemMetrics
+                # started its clock), and each thread after its first reading.
+                self.threads = {threading.get_ident()}
+
+            def collect_metrics(self):
+                super().collect_metrics()
+                thread = threading.get_ident()
+                if thread not in self.threads:
+                    self.threads.add(thread)
+                    self._metrics["cpu_utilization_percentage"].pop()
+                    if not self._metrics["cpu_utilization_percentage"]:
+                        del self._metrics["cpu_utilization_percentage"]
 
         # Its INFO lines ("Started monitoring ...") at every start and stop are noise here.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
@@ -322,6 +359,8 @@ def _start_monitor(tracking_uri: str, run_id: str, interval_s: float) -> "System
             monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s,
                                            samples_before_logging=1, resume_logging=True,
                                            tracking_uri=tracking_uri)
+        monitor.monitors = [FirstReadingDroppedCPUMonitor() if type(m) is CPUMonitor else m
+                            for m in monitor.monitors]
         monitor.start()
         return monitor
     except Exception as error:  # ImportError without psutil; MlflowException

@@ -37,7 +37,9 @@ TABLE_METRICS = (contract.TRAIN_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD
 # Above this many trials the charts show the first 20 (MLflow's default is 10): each shown
 # run costs the charts one metric-history request per metric.
 CHARTS_SHOW_ALL_UP_TO = 50
-COLUMN_WIDTH_PX = 95
+# Column widths (px) that fit run name, sigma, seed, status and the three metrics beside the
+# UI's side panels on a 1600 px wide window; the dataset column comes after them.
+WIDTH_PX = {"params": 70, "tags": 85, "metrics": 95, "attributes": 200}
 
 
 def trial_index(position: int) -> str:
@@ -52,16 +54,16 @@ def column(kind: str, key: str) -> str:
 
 def trials_view_state(varying_keys: Iterable[str], trial_count: int) -> dict:
     """The saved view's state: search facets (filter, sort) and table state (columns)."""
-    columns = ([column("params", key) for key in varying_keys]
-               + [column("tags", contract.TAG_STATUS)]
-               + [column("metrics", name) for name in TABLE_METRICS])
+    kinds = ([("params", key) for key in varying_keys] + [("tags", contract.TAG_STATUS)]
+             + [("metrics", name) for name in TABLE_METRICS] + [("attributes", "Dataset")])
+    columns = [column(kind, key) for kind, key in kinds]
     return {
         "searchFilter": f"tags.`{contract.TAG_ROLE}` = '{contract.ROLE_TRIAL}'",
         "orderByKey": column("tags", contract.TAG_TRIAL_INDEX),
         "orderByAsc": True,
-        "selectedColumns": columns + [column("attributes", "Dataset")],
+        "selectedColumns": columns,
         "columnOrder": columns,
-        "columnWidths": {name: COLUMN_WIDTH_PX for name in columns},
+        "columnWidths": {column(kind, key): WIDTH_PX[kind] for kind, key in kinds},
         "runsHiddenMode": "SHOW_ALL" if trial_count <= CHARTS_SHOW_ALL_UP_TO else "FIRST_20_RUNS",
     }
 
