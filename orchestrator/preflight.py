@@ -9,20 +9,28 @@
    ``download``), read from file names and Parquet footers alone: on this machine when the
    cluster is this one node, else by one small Ray task on a worker node (the message says
    which), since a cluster's workers may mount the data where the driver does not; and the
-   spec's resources against the cluster.
+   spec's resources against the cluster;
+3. once Ray is up, where the cluster Ray actually joined has nodes beyond this driver's:
+   the embedded tracking server (127.0.0.1 of this machine) when some node is on another
+   host (with no address, ``ray.init()`` may have joined a cluster through RAY_ADDRESS or
+   Ray's current-cluster file), and a local ``--storage`` folder that some node does not see
+   (a trial resumes from its checkpoint on whichever node runs it next).
 
 The embedded tracking server starts only when step 1 found nothing, and its folder is removed
-again when step 2 finds a problem (``orchestrator.run``).
+again when step 2 or 3 finds a problem (``orchestrator.run``).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.expand import TrialPoint
+from orchestrator.settings import embedded_server_refusal
 from orchestrator.text import count, listing
 from workers.config import TrialConfig
 from workers.errors import XmemError
@@ -114,6 +122,47 @@ def cluster_problems(spec: "SweepSpec", cluster: "ClusterInfo") -> list[str]:
         return []
     return [f"resources: each trial asks for {' and '.join(short)}; no trial could ever "
             "start. Lower resources in the spec, or join a bigger cluster with --address."]
+
+
+def placement_problems(settings: "SweepSettings", cluster: "ClusterInfo") -> list[str]:
+    """Step 3 of the module docstring: what the nodes of the cluster Ray joined cannot reach."""
+    problems = []
+    if settings.tracking_uri is None and cluster.other_hosts:
+        how = {"flag": "--address", "environment": "RAY_ADDRESS"}.get(
+            settings.sources.get("address", ""), "found through Ray's current-cluster file")
+        problems.append(embedded_server_refusal(
+            f"the Ray cluster at {cluster.joined} ({how}; nodes on {listing(cluster.other_hosts)})"))
+    if cluster.nodes > 1 and "://" not in settings.storage:
+        problems += _storage_problems(Path(settings.storage))
+    return problems
+
+
+def _storage_problems(storage: Path) -> list[str]:
+    """A marker file written here and looked for on every other node: a node that does not
+    see it would write its checkpoints where no other node can resume them (Ray Tune then
+    fails the trial at its first checkpoint)."""
+    from orchestrator import tune_runner
+
+    missing = [path for path in (storage, *storage.parents) if not path.exists()]  # deepest first
+    marker = storage / f".xmem-storage-check-{uuid.uuid4().hex}"
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        seen = tune_runner.run_on_every_other_node(os.path.isfile, str(marker))
+    except OSError:
+        return []  # an unwritable storage folder is step 1's problem
+    finally:
+        marker.unlink(missing_ok=True)
+        for path in missing:
+            if path.is_dir():
+                path.rmdir()
+    blind = [where for where, found in seen if not found]
+    if not blind:
+        return []
+    return [f"storage {storage}: not visible on {listing(blind)}; a trial resumes from its "
+            "checkpoint on whichever node runs it next, so every node must see the same folder. "
+            "Use --storage on a filesystem every node mounts at the same path (NFS, a shared "
+            "volume), or s3://bucket/prefix."]
 
 
 def report(spec_path: str, problems: Sequence[str]) -> XmemError:

@@ -164,6 +164,7 @@ def _preflight_and_start(spec: SweepSpec, spec_path: str, trials: list[TrialPoin
         configs = [worker_config(trial.config) for trial in trials]
         problems += preflight.data_problems(trials, configs, services.cluster)
         problems += preflight.cluster_problems(spec, services.cluster)
+        problems += preflight.placement_problems(settings, services.cluster)
         if problems:
             raise preflight.report(spec_path, problems)
     except BaseException:

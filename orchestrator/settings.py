@@ -76,15 +76,22 @@ def resolve_settings(spec: "SweepSpec", address: str | None, tracking_uri: str |
     else:
         _check_storage_uri(storage_value, storage_setting.source)
     if uri_setting.value is None and not is_local_address(address_setting.value):
-        raise XmemError(
-            f"the Ray cluster at {address_setting.value} ({address_setting.source}) runs trials on other "
-            "machines, which cannot reach an embedded tracking server on 127.0.0.1.\nGive a tracking "
-            "server every node reaches: --tracking-uri http://HOST:5000 (or MLFLOW_TRACKING_URI, or "
-            "tracking_uri in the spec); docker/README.md shows how to run one. Use --storage on a shared "
-            "filesystem or s3:// as well, so that trials can resume on any node.")
+        raise XmemError(embedded_server_refusal(
+            f"the Ray cluster at {address_setting.value} ({address_setting.source})"))
     return SweepSettings(address_setting.value, uri_setting.value, storage_value, {
         "address": address_setting.source, "tracking_uri": uri_setting.source,
         "storage": storage_setting.source})
+
+
+def embedded_server_refusal(cluster: str) -> str:
+    """Why a sweep on ``cluster`` (its address and how it was found) cannot use the embedded
+    tracking server, and what to give instead. Said when the address is remote, and again by
+    preflight when the cluster Ray joined turns out to have nodes on other hosts."""
+    return (f"{cluster} runs trials on other machines, which cannot reach an embedded tracking "
+            "server on 127.0.0.1.\nGive a tracking server every node reaches: --tracking-uri "
+            "http://HOST:5000 (or MLFLOW_TRACKING_URI, or tracking_uri in the spec); "
+            "README.md (\"On a cluster\") shows how to run one. Use --storage on a shared filesystem or s3:// "
+            "as well, so that trials can resume on any node.")
 
 
 def is_local_address(address: str | None) -> bool:

@@ -4,7 +4,7 @@ A spec names a sweep (the MLflow experiment and the Tune run both take its name)
 which trial configs to run: ``defaults`` under every point of the cartesian ``grid``, minus
 the points an ``exclude`` entry matches, plus the ``include`` points::
 
-    name: fig1-sin
+    name: fig1
     defaults: {dataset: cifar10, activation: sin, epochs: 1000}
     grid:
       sigma: [0.001, 0.01, 0.1, 1.0, 10.0]
@@ -216,7 +216,7 @@ def _parse_spec(raw: dict, source: str) -> tuple[SweepSpec | None, list[str], bo
 def _check_name(value: Any, problems: list[str]) -> str | None:
     if value is None:
         problems.append("name: missing; every sweep needs one (it becomes the MLflow "
-                        "experiment and the Tune run name), e.g. name: fig1-sin")
+                        "experiment and the Tune run name), e.g. name: fig1")
     elif not isinstance(value, str):
         problems.append(f"name: must be a string, got {describe(value)}")
     elif not NAME_PATTERN.fullmatch(value):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -45,10 +46,24 @@ class ClusterInfo:
     gpus: float
     seconds_to_start: float
     nodes: int = 1            # alive nodes
+    joined: str = ""
+    """The GCS address of the cluster Ray actually joined (with no address, ``ray.init()``
+    joins the one named by RAY_ADDRESS or by Ray's current-cluster file, if any)."""
+    hosts: tuple[str, ...] = ()
+    """Host names of the alive nodes, distinct and sorted."""
+    driver_host: str = ""
+    """This machine's host name."""
+
+    @property
+    def other_hosts(self) -> tuple[str, ...]:
+        """Hosts with nodes that are not this machine (in another network namespace: a
+        server on this machine's 127.0.0.1 is out of their reach)."""
+        return tuple(host for host in self.hosts if host != self.driver_host)
 
 
 def connect(address: str | None) -> ClusterInfo:
-    """Join the Ray cluster at ``address``, or start a local one when it is None."""
+    """Join the Ray cluster at ``address``, or, when it is None, the cluster RAY_ADDRESS or
+    Ray's current-cluster file names, else start a local one (what ``ray.init`` does)."""
     started = time.perf_counter()
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -58,9 +73,12 @@ def connect(address: str | None) -> ClusterInfo:
                         "Check the address (ray status on the head node prints it), or drop "
                         "--address / RAY_ADDRESS to run on this machine.") from None
     resources = ray.cluster_resources()
-    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    alive = [node for node in ray.nodes() if node["Alive"]]
     return ClusterInfo(address or "local", resources.get("CPU", 0.0), resources.get("GPU", 0.0),
-                       time.perf_counter() - started, nodes)
+                       time.perf_counter() - started, len(alive),
+                       joined=ray.get_runtime_context().gcs_address,
+                       hosts=tuple(sorted({node["NodeManagerHostname"] for node in alive})),
+                       driver_host=socket.gethostname())
 
 
 def run_on_a_worker_node(function: Callable[..., Any], *args: Any) -> tuple[str, Any]:
@@ -74,7 +92,25 @@ def run_on_a_worker_node(function: Callable[..., Any], *args: Any) -> tuple[str,
     task = ray.remote(num_cpus=0)(function).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
     result = ray.get(task.remote(*args), timeout=120)
-    return f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})", result
+    return _node_name(node), result
+
+
+def run_on_every_other_node(function: Callable[..., Any], *args: Any) -> list[tuple[str, Any]]:
+    """Run ``function(*args)`` in one small Ray task (no CPU reserved) on every alive node but
+    the one this driver is attached to. Returns [(which node, its result)]."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    own = ray.get_runtime_context().get_node_id()
+    nodes = [node for node in ray.nodes() if node["Alive"] and node["NodeID"] != own]
+    remote = ray.remote(num_cpus=0)(function)
+    tasks = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node["NodeID"], soft=False)).remote(*args) for node in nodes]
+    results = ray.get(tasks, timeout=120)
+    return [(_node_name(node), result) for node, result in zip(nodes, results)]
+
+
+def _node_name(node: dict[str, Any]) -> str:
+    return f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}, host {node['NodeManagerHostname']})"
 
 
 def free_gpu_memory() -> float | None:
@@ -179,6 +215,7 @@ def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: 
     it found, which is how this function learns of the interrupt (``TrialsRun.interrupted``).
     """
     names = {p.pack_id: p.name for p in packs}
+    folders = {p.pack_id: f"{_dirname(p.name)}-{p.pack_id}-{session}" for p in packs}
     trainable = tune.with_resources(run_tune_trial, {"cpu": cpu, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
@@ -187,7 +224,7 @@ def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: 
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # one worker process (and one torch import) per slot, not per pack
             trial_name_creator=lambda t: names[_pack(t).pack_id],
-            trial_dirname_creator=lambda t: f"{_dirname(names[_pack(t).pack_id])}-{_pack(t).pack_id}-{session}",
+            trial_dirname_creator=lambda t: folders[_pack(t).pack_id],
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
@@ -209,8 +246,11 @@ def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: 
             and not _tune_sigint_disabled()
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
+    # Results are matched to packs by their folder's name: a pack that failed before its
+    # first report (its node cannot reach the storage, say) has no config in its result.
+    pack_of_folder = {folder: pack for pack in packs for folder in [folders[pack.pack_id]]}
     errors = {trial_id: str(result.error) for result in results if result.error is not None
-              for trial_id in PackPayload.of_tune_config(result.config).trial_ids()}
+              for trial_id in pack_of_folder[result.path.rstrip("/").rsplit("/", 1)[-1]].trial_ids()}
     return TrialsRun(errors, interrupted)
 
 

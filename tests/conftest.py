@@ -22,32 +22,17 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """One real single-node Ray cluster (``ray start --head``) for the whole session.
+def ray_cluster():
+    """One real single-node Ray cluster (``ray start --head``, 2 CPUs) for the whole session.
 
     Sweeps join it by address, exactly as they would join a remote cluster; disconnecting a
     driver leaves it running for the next test. Yields its address (``127.0.0.1:<port>``).
+    Torn down by its own process ids (``tests/ray_nodes.py``), never with ``ray stop``.
     """
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
+    from ray_nodes import RayCluster
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    temp_dir = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
-                    f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+    with RayCluster() as cluster:
+        yield cluster.start_head(cpus=2)
 
 
 # A sin MLP on 200 digits, sigma 0.01 vs 10, two seeds: 4 trials of 20 epochs (about 30 s on

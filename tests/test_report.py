@@ -1,10 +1,13 @@
-"""``xmem report`` on a real sweep (``finished_sweep``: its outcome is known), and the figures
+"""``xmem report`` on a real sweep (``finished_sweep``: its outcome is known) and on a sweep
+logged by hand (the issue's under-trained ConvNet), the claims' text and HTML, and the figures
 drawn from hand-made results tables (no servers)."""
 
 from __future__ import annotations
 
 import html
 import re
+import uuid
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from orchestrator.results import claims, figures, grouping
+from orchestrator.results import claims, figures, grouping, report
 from orchestrator.cli import main
+from orchestrator.tracking.writer import SweepTracker
 from workers import contract
+from workers.config import TrialConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIN_FIGURES = {"fig1_test_acc_over_epochs.png", "fig2_accuracy_vs_sigma.png",
@@ -51,7 +56,7 @@ def test_report_writes_figures_html_and_claims_and_logs_them_to_the_parent_run(
     assert verdicts["3"]["verdict"] == claims.PASS
     for claim in ("4a", "4b", "4c", "5", "7a", "7b", "8"):
         assert verdicts[claim]["verdict"] == claims.NOT_TESTABLE, claim
-    assert verdicts["6"]["verdict"] == claims.NOT_TESTABLE and "digits" in verdicts["6"]["evidence"]
+    assert verdicts["6"]["verdict"] == claims.NOT_TESTABLE and "digits" in verdicts["6"]["missing"]
     # Seeds aggregated: two per sigma, and claim 1's numbers are the table's means.
     trials = pq.read_table(exported).to_pylist()
     best_small = sum(r[contract.TEST_BEST_ACC] for r in trials if r["sigma"] == 0.01) / 2
@@ -59,11 +64,12 @@ def test_report_writes_figures_html_and_claims_and_logs_them_to_the_parent_run(
     assert "(n=2)" in verdicts["1"]["evidence"]
 
     page = (out / "report.html").read_text()
+    page_claims = page.split("<table class='claims'>")[1].split("</table>")[0]
     images = re.findall(r"<img [^>]*src='data:image/png;base64,[A-Za-z0-9+/=]+'", page)
     assert len(images) == len(pngs)
     assert "src='fig" not in page                 # self-contained: nothing linked
     assert "<table class='claims'>" in page and "<table class='trials'>" in page
-    assert page.count(">PASS<") == 3 and page.count(">not testable here<") == 8
+    assert page_claims.count(">PASS<") == 3 and page_claims.count(">not testable here<") == 8
     for row in trials:
         assert row["name"] in page and row["run_id"] in page
     # The link to the trials in the MLflow UI (model-training mode, the trials view).
@@ -88,6 +94,76 @@ def test_report_of_an_unknown_sweep_exits_2_and_writes_nothing(finished_sweep, m
     assert "no sweep named 'no-such-sweep'" in result.output
     assert finished_sweep.spec.name in result.output
     assert not out.exists()
+
+
+@dataclass
+class _HandTrial:
+    trial_id: str
+    name: str
+    config: TrialConfig
+
+
+def test_report_cli_on_the_issues_under_trained_convnet(mlflow_server, tmp_path):
+    """An MLP and a ConvNet logged by hand as after 20 epochs: the ConvNet at 44.8% train
+    accuracy. ``xmem report`` calls claim 7a inconclusive, says what to change, and gives
+    every row its rule (a tooltip and a link into "How the claims are checked")."""
+    name = f"hand-{uuid.uuid4().hex[:8]}"
+    tracker = SweepTracker(mlflow_server.uri, name)
+    tracker.ensure_experiment()
+    parent = tracker.start_parent_run({"name": name}, trial_count=2)
+    config = dict(dataset="cifar10", train_size=2000, test_size=1000, activation="relu",
+                  hidden=256, epochs=20)
+    trials = [_HandTrial("hand00000001", "mlp", TrialConfig(model="mlp", **config)),
+              _HandTrial("hand00000002", "convnet", TrialConfig(model="convnet", **config))]
+    run_ids = tracker.create_trial_runs(trials, parent)
+    client = MlflowClient(mlflow_server.uri)
+    final = {"mlp": {contract.TRAIN_ACC: 1.0, contract.TEST_ACC: 0.36,
+                     contract.TEST_BEST_ACC: 0.371, contract.ALIGN_REP: 0.12},
+             "convnet": {contract.TRAIN_ACC: 0.448, contract.TEST_ACC: 0.36,
+                         contract.TEST_BEST_ACC: 0.367, contract.ALIGN_REP: 0.56}}
+    for trial in trials:
+        run_id = run_ids[trial.trial_id]
+        for key, value in final[trial.name].items():
+            client.log_metric(run_id, key, 0.1, step=0)
+            client.log_metric(run_id, key, value, step=20)
+        client.set_tag(run_id, contract.TAG_STATUS, contract.STATUS_FINISHED)
+        client.set_terminated(run_id, "FINISHED")
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", name, "--out", str(out),
+                                       "--tracking-uri", mlflow_server.uri])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.strip().startswith("7a "))
+    assert lines[row].split()[:2] == ["7a", claims.INCONCLUSIVE]
+    assert lines[row + 1].strip() == ("needs: ConvNet train accuracy 44.8% < 99% after 20 "
+                                      "epochs: train longer, e.g. epochs: 200")
+    assert f"how each claim is checked: {out / 'report.html'}#rules" in result.output
+
+    verdicts = {r["claim"]: r for r in pq.read_table(out / "claims.parquet").to_pylist()}
+    assert verdicts["7a"]["verdict"] == claims.INCONCLUSIVE
+    assert verdicts["7a"]["rule"] == claims.RULES["7a"].text()
+
+    page = (out / "report.html").read_text()
+    assert "NOTES" not in page
+    assert "<td class='inconclusive' title='Claim 7a (Sec. 5, Fig. 1c)." in page
+    assert "<a href='#rule-7a'>7a</a>" in page and "<tr id='rule-7a'>" in page
+    assert "Missing: ConvNet train accuracy 44.8%" in page
+
+
+def test_claims_text_shows_what_an_inconclusive_row_needs_and_a_fail_rows_rule():
+    checks = [claims.ClaimCheck("1", claims.STATEMENTS["1"], "dataset=cifar10", "numbers",
+                                claims.PASS),
+              claims.ClaimCheck("4a", claims.STATEMENTS["4a"], "dataset=cifar10", "numbers",
+                                claims.FAIL),
+              claims.ClaimCheck("7a", claims.STATEMENTS["7a"], "dataset=cifar10", "numbers",
+                                claims.INCONCLUSIVE, "ConvNet train accuracy 44.8% < 99%"),
+              claims.ClaimCheck("8", claims.STATEMENTS["8"], "", "", claims.NOT_TESTABLE,
+                                "needs ReLU + squared-loss trials")]
+    lines = report.format_claims(checks).splitlines()
+    assert [line.split()[0] for line in lines] == ["1", "4a", "PASS", "7a", "needs:", "8"]
+    assert lines[2].strip() == f"PASS needs: {claims.RULES['4a'].passes}"
+    assert lines[4].strip() == "needs: ConvNet train accuracy 44.8% < 99%"
 
 
 # --- figures from hand-made tables ----------------------------------------------------------
@@ -132,6 +208,19 @@ def test_linked_temperature_labels_sigma_instead_of_splitting_panels(tmp_path):
     assert grouping.panel_keys(rows) == []
     drawn = figures.draw_figures(pa.Table.from_pylist(trials), _history(trials), tmp_path)
     assert {f.path.name for f in drawn} >= {"fig1_test_acc_over_epochs.png", "fig2_accuracy_vs_sigma.png"}
+
+
+def test_alignment_figure_draws_rho_only_over_one_setup(tmp_path):
+    relu = [_trial(trial_id=f"r{sigma}", sigma=sigma, **{contract.ALIGN_GRAD: 0.1 / sigma})
+            for sigma in (0.01, 0.1, 1.0)]
+    sin = [dict(r, trial_id=f"s{r['sigma']}", activation="sin") for r in relu]
+
+    def caption(trials):
+        drawn = figures.draw_figures(pa.Table.from_pylist(trials), None, tmp_path)
+        return next(f.caption for f in drawn if f.path.name == "fig4_test_acc_vs_alignment.png")
+
+    assert "no ρ is drawn" not in caption(relu)
+    assert caption(relu + sin).endswith("These trials are 2 setups: no ρ is drawn.")
 
 
 def test_failed_trials_are_not_drawn_and_an_all_failed_sweep_draws_nothing(tmp_path):

@@ -42,7 +42,7 @@ def trials_of(tmp_path: Path, text: str) -> list[TrialPoint]:
 
 
 FIG1 = """
-    name: fig1-sin
+    name: fig1
     description: Sin activation, sigma sweep
     defaults: {dataset: cifar10, activation: sin, epochs: 1000}
     grid:
@@ -73,7 +73,7 @@ def test_sigma_by_seed_expands_to_ten_trials_in_grid_order(tmp_path):
 def test_spec_fields_and_defaults(tmp_path):
     path = write_spec(tmp_path, FIG1)
     spec = load_spec(path)
-    assert spec.name == "fig1-sin"
+    assert spec.name == "fig1"
     assert spec.description == "Sin activation, sigma sweep"
     assert spec.resources == Resources(cpu=2.0, gpu=0.25)
     assert spec.max_concurrent == 4

@@ -29,6 +29,11 @@ class ConfigError(XmemError):
             lines.append(hint)
         super().__init__("\n".join(lines))
 
+    def __reduce__(self):
+        # Pickled with its own arguments: an error raised in a Ray worker is rebuilt on the
+        # driver, and the default (the message as the only argument) would read it as problems.
+        return type(self), (self.problems, self.source, self.hint)
+
 
 def first_line(text: str) -> str:
     """The first line of ``text`` that is not blank, stripped ("" when there is none)."""

@@ -193,15 +193,17 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
     pack_payload = PackPayload.of_tune_config(tune_config)
     attempt_started = time.monotonic()
     members = [_Member(payload) for payload in pack_payload.trials()]
-    running: list[_Member] = []
     system: PackSystemMetrics | None = None
     try:
         # An automatic retry after some members ended: their runs hold their results.
         members = [m for m in members if m.tracking.call(m.logger.ended_with) is None]
         restored = _restore_checkpoints([m.payload for m in members])
         running = _fitting(members, restored)
+        failed = {m.trial_id: [None, STATUS_FAILED] for m in members if m.ended}
+        if failed or not running:
+            tune.report({REPORT_STATUS: STATUS_RUNNING if running else STATUS_FINISHED,
+                         REPORT_MEMBERS: failed})
         if not running:
-            tune.report({REPORT_STATUS: STATUS_FINISHED})
             return
         pack = PackedTrials([(m.trial_id, m.config) for m in running])
         for m in running:

@@ -11,7 +11,8 @@ around it. Only finished and diverged trials are drawn.
     fig3_alignment_vs_sigma.png       final align/grad and align/rep against sigma
     fig3_alignment_over_epochs.png    align/grad and align/rep over epochs, per sigma
     fig4_test_acc_vs_alignment.png    best test accuracy against align/grad, every trial,
-                                      coloured by dataset, Spearman's rho (Fig. 1b)
+                                      coloured by dataset, Spearman's rho when the trials
+                                      are one setup differing in sigma and dataset (Fig. 1b)
     fig5_conditions.png               only when the sweep varies model or shuffle_labels:
                                       best test accuracy and align/rep per condition (Fig. 5)
 
@@ -34,6 +35,7 @@ import pyarrow as pa  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
 from orchestrator.results import grouping, tables  # noqa: E402
+from orchestrator.results.claims.regime import like_groups  # noqa: E402
 from orchestrator.results.grouping import (SIGMA, alignment_correlation, by_sigma, chance,  # noqa: E402
                                            condition_groups, group_rows, summarize)
 from orchestrator.text import format_value  # noqa: E402
@@ -277,7 +279,10 @@ def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
               and r.get(contract.TEST_BEST_ACC) is not None]
     if not usable:
         return None
-    overall, per_dataset = alignment_correlation(sweep.rows)
+    # A rank correlation over trials of different setups measures the mix (claim 3 compares
+    # like with like): with several setups no rho is drawn; the claims table has one per setup.
+    setups = len(like_groups(usable, (SIGMA, "dataset")))
+    overall, per_dataset = alignment_correlation(usable) if setups == 1 else (None, {})
     sigmas = sorted({r.get(SIGMA) for r in usable}, key=lambda s: (s is None, s or 0.0))
     marker = {sigma: SIGMA_MARKERS[i % len(SIGMA_MARKERS)] for i, sigma in enumerate(sigmas)}
     figure, axis = plt.subplots(figsize=(6.4, 4.6))
@@ -289,20 +294,27 @@ def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
                          [m[contract.TEST_BEST_ACC] for m in at_sigma],
                          color=color, marker=marker[sigma], s=30, alpha=0.85)
         rho = per_dataset.get(dataset)
-        label = f"{dataset} (ρ = {rho[0]:+.2f}, n = {rho[2]})" if rho else f"{dataset} (ρ undefined)"
+        label = (dataset if setups > 1 else f"{dataset} (ρ = {rho[0]:+.2f}, n = {rho[2]})" if rho
+                 else f"{dataset} (ρ undefined)")
         handles.append(Line2D([], [], color=color, marker="o", linestyle="", label=label))
     handles += [Line2D([], [], color="gray", marker=marker[sigma], linestyle="",
                        label=f"σ={GLOROT if sigma is None else f'{sigma:g}'}") for sigma in sigmas]
-    title = ("Spearman's ρ over all trials: undefined" if overall is None
-             else f"Spearman's ρ over all trials = {overall[0]:+.2f} (p = {overall[1]:.2g}, "
-                  f"n = {overall[2]})")
+    if setups > 1:
+        title = f"{setups} setups: ρ per setup in the claims table (claim 3)"
+    elif overall is None:
+        title = "Spearman's ρ over all trials: undefined"
+    else:
+        title = (f"Spearman's ρ over all trials = {overall[0]:+.2f} (p = {overall[1]:.2g}, "
+                 f"n = {overall[2]})")
     axis.set(title=title, xlabel=f"{contract.ALIGN_GRAD} (final)", ylabel="best test accuracy")
     axis.legend(handles=handles, fontsize=8)
+    caption = ("Every trial's best test accuracy against its final gradient alignment, coloured "
+               "by dataset (marker: sigma), with Spearman's ρ overall and per dataset when the "
+               "trials differ only in sigma, dataset and seed; the paper's Fig. 1b.")
+    if setups > 1:
+        caption += f" These trials are {setups} setups: no ρ is drawn."
     return _save(figure, out_dir, "fig4_test_acc_vs_alignment.png",
-                 "Best test accuracy against gradient alignment",
-                 "Every trial's best test accuracy against its final gradient alignment, coloured "
-                 "by dataset (marker: sigma), with Spearman's ρ overall and per dataset; the "
-                 "paper's Fig. 1b.")
+                 "Best test accuracy against gradient alignment", caption)
 
 
 def _fig5(sweep: _Sweep, out_dir: Path) -> FigureFile | None:

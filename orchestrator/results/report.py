@@ -5,7 +5,8 @@ What ``write_report`` leaves in ``out_dir`` (and under ``report/`` in the parent
 
     report.html              figures embedded (base64 PNG), claims table, trial table
     fig*.png                 the figures of orchestrator.results.figures
-    claims.parquet           the claims table (claim, statement, scope, evidence, verdict)
+    claims.parquet           the claims table (claim, statement, scope, evidence, verdict,
+                             missing, source, rule: ``claims.claims_table``)
     results.parquet          the trials table the figures and claims were computed from
     history.parquet          the history table (one row per trial and evaluated epoch)
 
@@ -37,6 +38,8 @@ HTML_FILE = "report.html"
 CLAIMS_FILE = "claims.parquet"
 RESULTS_FILE = "results.parquet"
 HISTORY_FILE = "history.parquet"
+PAPER = ("H. Mehta, A. Cutkosky, B. Neyshabur, <i>Extreme Memorization via Scale of "
+         "Initialization</i>, ICLR 2021 (arXiv 2008.13363)")
 TABLE_METRICS = (contract.TRAIN_ACC, contract.TEST_ACC, contract.TEST_BEST_ACC, contract.ALIGN_GRAD,
                  contract.ALIGN_REP)
 
@@ -88,6 +91,7 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
     echo(f"report of sweep {sweep}: {out / HTML_FILE} ({len(drawn)} figures, "
          f"{len(loaded.trials)} trials)")
     echo(format_claims(checks))
+    echo(f"how each claim is checked: {out / HTML_FILE}#rules")
     echo(f"logged to the parent run {parent_run_id} under {REPORT_ARTIFACT_DIR}/")
     echo(browse_line)
     return Report(out, out / HTML_FILE, [f.path for f in drawn], checks, parent_run_id, uri)
@@ -105,9 +109,18 @@ def check_out_dir(out: Path) -> None:
 
 
 def format_claims(checks: Sequence[ClaimCheck]) -> str:
-    """The claims as text lines: ``claim  verdict  scope``."""
+    """The claims as text lines, ``claim  verdict  scope``; under an inconclusive row what it
+    lacks, under a FAIL the rule that was not met."""
     width = max((len(c.verdict) for c in checks), default=0)
-    return "\n".join(f"  {c.claim:<3} {c.verdict:<{width}}  {c.scope or '-'}" for c in checks)
+    indent = " " * (2 + 4 + width + 2)
+    lines = []
+    for check in checks:
+        lines.append(f"  {check.claim:<3} {check.verdict:<{width}}  {check.scope or '-'}")
+        if check.verdict == claims.INCONCLUSIVE:
+            lines.append(f"{indent}needs: {check.missing}")
+        elif check.verdict == claims.FAIL:
+            lines.append(f"{indent}PASS needs: {check.rule.passes}")
+    return "\n".join(lines)
 
 
 # --- HTML -------------------------------------------------------------------------------------
@@ -119,7 +132,10 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 th { background: #f2f2f2; }
 td.PASS { background: #d9f2d9; font-weight: bold; }
 td.FAIL { background: #f8d7d7; font-weight: bold; }
+td.inconclusive { background: #fcefc7; font-weight: bold; }
 td.untestable { color: #777; }
+td[title] { cursor: help; }
+p.missing { margin: 0.3em 0 0; font-style: italic; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -150,8 +166,10 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
          "claims." if left_out else "") + "</p>",
         _browse_html(browse),
         "<h2>The paper's claims on this sweep</h2>",
-        "<p>Claims of <i>Extreme Memorization via Scale of Initialization</i> (NOTES.md); seeds "
-        "are aggregated as mean ± standard deviation (n). Thresholds: orchestrator/results/claims.py.</p>",
+        f"<p>Claims of {PAPER}, each checked on groups of trials that differ only in what the "
+        "claim varies; seeds are aggregated as mean ± standard deviation (n). Hover over a "
+        "verdict, or follow the claim's number, for the rule behind it "
+        "(<a href='#rules'>how the claims are checked</a>).</p>",
         _claims_html(checks), "<h2>Figures</h2>",
     ]
     for figure in drawn:
@@ -161,7 +179,7 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
                      "</figcaption></figure>")
     if not drawn:
         parts.append("<p>No finished trials to draw.</p>")
-    parts += ["<h2>Trials</h2>", _trials_html(trials), "</body></html>"]
+    parts += ["<h2>Trials</h2>", _trials_html(trials), _rules_html(), "</body></html>"]
     return "\n".join(parts)
 
 
@@ -177,14 +195,38 @@ def _browse_html(browse: tuple[str | None, str] | None) -> str:
 
 
 def _claims_html(checks: Sequence[ClaimCheck]) -> str:
-    head = "<tr><th>claim</th><th>statement</th><th>trials</th><th>evidence</th><th>verdict</th></tr>"
+    head = ("<tr><th>claim</th><th>statement</th><th>paper</th><th>trials</th><th>evidence</th>"
+            "<th>verdict</th></tr>")
     body = []
     for check in checks:
-        css = check.verdict if check.verdict in (claims.PASS, claims.FAIL) else "untestable"
-        body.append(f"<tr><td>{_e(check.claim)}</td><td>{_e(check.statement)}</td>"
-                    f"<td>{_e(check.scope)}</td><td>{_e(check.evidence)}</td>"
-                    f"<td class='{css}'>{_e(check.verdict)}</td></tr>")
+        css = {claims.PASS: "PASS", claims.FAIL: "FAIL",
+               claims.INCONCLUSIVE: "inconclusive"}.get(check.verdict, "untestable")
+        missing = ""
+        if check.missing:   # under the numbers of an inconclusive row; alone when not testable
+            prefix = "Missing: " if check.evidence else ""
+            missing = f"<p class='missing'>{prefix}{_e(check.missing)}</p>"
+        body.append(f"<tr><td><a href='#rule-{_e(check.claim)}'>{_e(check.claim)}</a></td>"
+                    f"<td>{_e(check.statement)}</td><td>{_e(check.rule.source)}</td>"
+                    f"<td>{_e(check.scope)}</td><td>{_e(check.evidence)}{missing}</td>"
+                    f"<td class='{css}' title='{_e(check.rule.text())}'>{_e(check.verdict)}</td>"
+                    "</tr>")
     return f"<table class='claims'>{head}{''.join(body)}</table>"
+
+
+def _rules_html() -> str:
+    """How the claims are checked: the verdicts, like with like, and every claim's rule
+    (``orchestrator.results.claims.rules``)."""
+    verdicts = "".join(f"<li><b>{_e(verdict)}</b>: {_e(meaning)}</li>"
+                       for verdict, meaning in claims.VERDICTS.items())
+    head = ("<tr><th>claim</th><th>paper</th><th>compares</th><th>regime (else inconclusive)"
+            "</th><th>PASS when (else FAIL)</th></tr>")
+    body = "".join(f"<tr id='rule-{_e(r.claim)}'><td>{_e(r.claim)}</td><td>{_e(r.source)}</td>"
+                   f"<td>{_e(r.compares)}</td><td>{_e(r.regime)}</td><td>{_e(r.passes)}</td></tr>"
+                   for r in claims.RULES.values())
+    return ("<h2 id='rules'>How the claims are checked</h2>"
+            f"<p>The claims are those of {PAPER}, in short; the rules below turn them into "
+            f"checks.</p><ul>{verdicts}</ul><p>{_e(claims.LIKE_WITH_LIKE)}</p>"
+            f"<table class='rules'>{head}{body}</table>")
 
 
 def _trials_html(trials: pa.Table) -> str:
