@@ -199,13 +199,14 @@ def test_a_trial_that_fails_before_its_first_report_is_named_with_its_whole_reas
     trial config the worker rejects before it starts: the driver learns which trial failed,
     with the config error's whole message (it used to arrive one problem per character)."""
     from orchestrator import tune_runner
-    from workers.contract import TrialPayload
+    from workers.contract import PackPayload, TrialPayload
 
     tune_runner.connect(ray_cluster)
     try:
         payload = TrialPayload(trial={"sigma": "not a number"}, trial_id="0123456789ab",
                                name="broken", run_id="no-run", tracking_uri="http://127.0.0.1:9")
-        ran = tune_runner.run_trials("broken", [payload], storage=str(tmp_path / "store"), cpu=1,
+        pack = PackPayload(pack_id=payload.trial_id, name=payload.name, members=[payload.to_dict()])
+        ran = tune_runner.run_trials("broken", [pack], storage=str(tmp_path / "store"), cpu=1,
                                      gpu=0, max_concurrent=None, max_failures=0,
                                      events=tune_runner.TrialEvents(), session="s1")
     finally:
