@@ -10,11 +10,12 @@
    and Ray (the two start-ups overlap); check the resources against the cluster. Every
    problem of this step is reported together, and nothing is left behind;
 3. **plan**: create or find the experiment and the parent run, decide what to do with every
-   trial (``orchestrator.plan``), and create or find one child run per trial;
+   trial (``orchestrator.plan``), create or find one child run per trial, and write the
+   trials view that the printed link opens (``orchestrator.tracking.runs_view``);
 4. **launch**: run the trials on Tune (workers log their own metrics and artifacts);
 5. **reconcile**: end FAILED the runs of trials whose workers died without a word;
 6. **summarize**: read the runs back, end the parent run, print the results table and where
-   to look next.
+   to look next (a link to the trials in the MLflow UI).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class SweepOutcome:
     timings: dict[str, float]
     interrupted: bool = False
     """Ctrl-C (SIGINT) stopped the trials before they ended."""
+    browse: str = ""
+    """The last line printed: where to look at the trials in the MLflow UI."""
 
     @property
     def exit_code(self) -> int:
@@ -130,10 +133,12 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         done = all(row["status"] in RESULT_STATUSES for row in rows)
         tracker.finish_parent_run(RUN_FINISHED if done else RUN_FAILED)
         url = tracker.experiment_url()
+        # The embedded server stops with the sweep: xmem ui serves its store afterwards.
+        browse = tracker.browse_line(store=str(services.server.root) if services.server else None)
     finally:
         services.stop()
     timings["total_s"] = time.perf_counter() - started
-    outcome = SweepOutcome(spec, trials, rows, services.uri, url, timings, interrupted)
+    outcome = SweepOutcome(spec, trials, rows, services.uri, url, timings, interrupted, browse)
     _summarize(outcome, spec_path, services.server, echo)
     return outcome
 
@@ -222,7 +227,10 @@ def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list
     if plan.restarting:
         delete_checkpoints(settings.storage, spec.name, plan.restarting)  # they start over
     start_epochs = {tid: latest[tid][0] for tid in plan.checkpoints}
-    return plan, tracker.create_trial_runs(plan.to_run, parent_run_id), start_epochs
+    positions = {trial.trial_id: position for position, trial in enumerate(trials)}
+    run_ids = tracker.create_trial_runs(plan.to_run, parent_run_id, positions)
+    tracker.publish_trials_view([trial.trial_id for trial in trials], shown_keys(trials))
+    return plan, run_ids, start_epochs
 
 
 def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str],
@@ -293,11 +301,7 @@ def _summarize(outcome: SweepOutcome, spec_path: str, server: "LocalTrackingServ
         echo("Interrupted (Ctrl-C): the trials that were running stopped.")
     for line in closing_advice(outcome.rows, f"xmem sweep {spec_path}"):
         echo(line)
-    if server is not None:
-        echo(f"Browse the runs: xmem ui --store {server.root}   "
-             f"(MLflow experiment '{outcome.spec.name}')")
-    else:
-        echo(f"Browse the runs: {outcome.experiment_url}")
+    echo(outcome.browse or f"Browse the runs: {outcome.experiment_url}")
 
 
 # --- helpers ----------------------------------------------------------------------------------

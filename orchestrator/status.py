@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from orchestrator.settings import tracking_uri_for
 from orchestrator.text import METRIC_LABELS, format_metric, format_table
 from orchestrator.tracking.records import TrialRecord
 from orchestrator.tracking.server import open_tracking
@@ -40,12 +41,15 @@ def format_status(sweep: str, records: list[TrialRecord]) -> str:
 
 def sweep_status(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,
                  echo: Callable[[str], None] = print) -> None:
+    """Print ``format_status`` of the sweep, then where to browse its trials in the UI."""
     from orchestrator.tracking.reader import SweepReader
 
+    _, root = tracking_uri_for(tracking_uri, store)
     with open_tracking(tracking_uri, store, artifacts=False) as uri:
         reader = SweepReader(uri, sweep)
         reader.open_existing()
         echo(format_status(sweep, reader.trial_records()))
+        echo(reader.browse_line(store=str(root) if root else None))
 
 
 def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,

@@ -30,6 +30,23 @@ def _histories(uri: str, name: str, key: str = contract.TEST_ACC) -> dict[str, l
             for tid, run in _runs(uri, name).items()}
 
 
+def _assert_pack_shares_system_metrics_and_data(uri: str, runs: dict) -> None:
+    """A pack's system metrics are logged once, into one member's run, which every member's
+    run names; every member records the data it shared (one digest for all)."""
+    client = MlflowClient(uri)
+    by_pack: dict[str, list] = {}
+    for run in runs.values():
+        by_pack.setdefault(run.data.tags[contract.TAG_PACK], []).append(run)
+    for members in by_pack.values():
+        holders = [r.info.run_id for r in members
+                   if any(key.startswith("system/") for key in r.data.metrics)]
+        assert len(holders) == 1, holders
+        assert {r.data.tags[contract.TAG_SYSTEM_METRICS_RUN] for r in members} == set(holders)
+    digests = {i.dataset.digest for r in runs.values()
+               for i in client.get_run(r.info.run_id).inputs.dataset_inputs}
+    assert len(digests) == 1
+
+
 def test_packed_and_unpacked_sweeps_give_the_same_runs_and_histories(tmp_path, ray_cluster, mlflow_server):
     """The held-out check: the same grid with packing {max_size: 4} and {max_size: 1}."""
     grid = "grid:\n  sigma: [0.1, 1.0, 10.0]\n  seed: [0, 1]\n"
@@ -48,6 +65,7 @@ def test_packed_and_unpacked_sweeps_give_the_same_runs_and_histories(tmp_path, r
         if size == 4:
             assert sizes == ["3"] * 6 and len(packs) == 2          # 6 compatible trials: 3 + 3
             assert any("6 trials in 2 packs" in line for line in lines), lines
+            _assert_pack_shares_system_metrics_and_data(mlflow_server.uri, runs)
         else:
             assert sizes == ["1"] * 6 and len(packs) == 6
         for run in runs.values():

@@ -4,6 +4,7 @@ drawn from hand-made results tables (no servers)."""
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ def test_report_writes_figures_html_and_claims_and_logs_them_to_the_parent_run(
     assert page_claims.count(">PASS<") == 3 and page_claims.count(">not testable here<") == 8
     for row in trials:
         assert row["name"] in page and row["run_id"] in page
+    # The link to the trials in the MLflow UI (model-training mode, the trials view).
+    assert f"<a href='{html.escape(finished_sweep.experiment_url)}'>" in page
+    assert f"Browse the runs: {finished_sweep.experiment_url}" in result.output.splitlines()
 
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(name)

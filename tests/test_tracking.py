@@ -4,6 +4,7 @@ TrialRunLogger, and the local server's start-up errors. Results are read back wi
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import uuid
@@ -180,10 +181,38 @@ def test_trial_runs_follow_a_replaced_parent_run(mlflow_server, client):
         assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == new_parent
 
 
-def test_experiment_url_points_at_the_experiment(mlflow_server):
+def test_experiment_url_points_at_the_runs_in_model_training_mode(mlflow_server, client):
     tracker = SweepTracker(mlflow_server.uri, _sweep_name("url"))
     experiment_id = tracker.ensure_experiment()
-    assert tracker.experiment_url() == f"{mlflow_server.uri}/#/experiments/{experiment_id}"
+    runs = f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    assert tracker.experiment_url() == runs            # no trials view yet: the plain runs page
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    tracker.publish_trials_view([], ["sigma"])
+    assert tracker.experiment_url() == runs + "&viewStateShareKey=xmem-trials"
+
+
+def test_trials_view_is_rewritten_only_when_it_changes_and_runs_follow_the_spec_order(
+        mlflow_server, client):
+    tracker, trials = SweepTracker(mlflow_server.uri, _sweep_name("view")), _trials()
+    tracker.ensure_experiment()
+    parent = tracker.start_parent_run({"name": tracker.sweep_name}, trial_count=2)
+    run_ids = tracker.create_trial_runs(trials, parent, {t.trial_id: i for i, t in enumerate(trials)})
+    tracker.publish_trials_view([t.trial_id for t in trials], ["sigma"])
+    experiment = client.get_experiment(tracker.experiment_id)
+    first = experiment.tags["mlflow.sharedViewState.xmem-trials"]
+    again = SweepTracker(mlflow_server.uri, tracker.sweep_name)
+    again.ensure_experiment()
+    again.publish_trials_view([t.trial_id for t in trials], ["sigma"])
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.xmem-trials"] == first
+    # The spec reordered: the runs' places follow, the view's creation time stays.
+    again.publish_trials_view([t.trial_id for t in reversed(trials)], ["sigma", "seed"])
+    indices = {tid: client.get_run(run_id).data.tags["xmem.trial_index"] for tid, run_id in run_ids.items()}
+    assert indices == {trials[0].trial_id: "0001", trials[1].trial_id: "0000"}
+    rewritten = json.loads(client.get_experiment(tracker.experiment_id).tags[
+        "mlflow.sharedViewState.xmem-trials"])
+    assert rewritten["createdAt"] == json.loads(first)["createdAt"]
+    assert "params.`seed`" in json.loads(rewritten["state"])["selectedColumns"]
 
 
 # --- worker: the trial's run ------------------------------------------------------------

@@ -4,7 +4,8 @@ This is the only module in ``workers`` that imports mlflow; it never imports ray
 worker builds a ``TrialRunLogger`` from the tracking URI and the run id it was given::
 
     logger = TrialRunLogger(tracking_uri, run_id)
-    logger.start({"xmem.device": "cpu", "xmem.ray_node_id": node_id})   # RUNNING, attempts+1
+    logger.start({"xmem.device": "cpu", "xmem.ray_node_id": node_id},   # RUNNING, attempts+1,
+                 describe_dataset(config, data))                        # and its dataset input
     for record in trial.run():
         logger.log_record(record)          # queued, nothing sent
         logger.flush()                     # when the caller chooses: log_batch, <= 1000 a request
@@ -13,10 +14,11 @@ worker builds a ``TrialRunLogger`` from the tracking URI and the run id it was g
 
 What a run holds after it: metrics named as in ``workers.contract`` with ``step = epoch``;
 tags ``xmem.status`` (running | finished | diverged | failed), ``xmem.attempts`` and the
-caller's tags; artifacts ``config.yaml``, ``history.parquet`` (one row per evaluated epoch:
-``epoch`` and one float column per metric, null where not measured), ``alignment.parquet``
-(rows ``epoch, metric, class, omega``; omega null where undefined), ``weights.pt`` and, for a
-failed attempt, ``error.txt``.
+caller's tags; its dataset as an MLflow dataset input (``dataset_input``); artifacts
+``config.yaml``, ``history.parquet`` (one row per evaluated epoch: ``epoch`` and one float
+column per metric, null where not measured), ``alignment.parquet`` (rows ``epoch, metric,
+class, omega``; omega null where undefined), ``weights.pt`` and, for a failed attempt,
+``error.txt``. ``PackSystemMetrics`` adds MLflow's ``system/...`` metrics to one run of a pack.
 
 Continuing a run: everything is addressed by run id, so a restarted worker makes a new
 logger on the same run and carries on. Metrics wait in ``pending`` until the server has
@@ -27,27 +29,36 @@ identical in key, step, timestamp and value.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, Metric, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from workers import contract
 from workers.config import TrialConfig
 from workers.contract import (ALIGNMENT_ARTIFACT, CONFIG_ARTIFACT, ERROR_ARTIFACT, HISTORY_ARTIFACT,
                               RESULT_STATUSES, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
-                              TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS, WEIGHTS_ARTIFACT)
+                              TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS,
+                              TAG_SYSTEM_METRICS_RUN, WEIGHTS_ARTIFACT)
 from workers.env_defaults import env_defaults
 from workers.trial import EpochRecord
+
+if TYPE_CHECKING:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from workers.data.description import DatasetDescription
 
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's limit for one log_batch
 
@@ -63,6 +74,14 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+
+# MLflow's dataset source type for a path on the machine that trained (its
+# LocalArtifactDatasetSource: source = {"uri": path}).
+DATASET_SOURCE_TYPE = "local"
+# Seconds between two samples of the system metrics (CPU, memory, disk, network, GPU): one
+# sample costs a few psutil/NVML reads, a get_run and a log_batch from a thread, nothing next
+# to an epoch. XMEM_SYSTEM_METRICS_INTERVAL_S overrides it; 0 turns system metrics off.
+SYSTEM_METRICS_INTERVAL_S = 10.0
 
 _log = logging.getLogger(__name__)
 
@@ -90,8 +109,9 @@ class TrialRunLogger:
         self.logged_through: dict[str, int] = {}
         """metric name -> the last step earlier attempts logged (known after ``start``)."""
 
-    def start(self, tags: dict[str, str]) -> None:
+    def start(self, tags: dict[str, str], dataset: "DatasetDescription | None" = None) -> None:
         """Set the run RUNNING, tag it (``xmem.status`` running, ``tags``), count the attempt,
+        record ``dataset`` as its dataset input (again on a later attempt: MLflow keeps one),
         and learn which steps earlier attempts already logged (``logged_through``).
 
         Call it after restoring ``history`` from a checkpoint: restored epochs the server
@@ -113,6 +133,8 @@ class TrialRunLogger:
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            if dataset is not None:
+                self.client.log_inputs(self.run_id, datasets=[dataset_input(dataset)])
 
     def ended_with(self) -> str | None:
         """The run's result status (finished or diverged) when it already ended with one (an
@@ -200,6 +222,150 @@ class TrialRunLogger:
         with client_env():
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(run_status))
+
+
+def dataset_input(description: "DatasetDescription") -> DatasetInput:
+    """A trial's data as an MLflow dataset input: the dataset's name, its digest, the path it
+    was read from as a ``local`` source, and its profile (split sizes, subset) as JSON."""
+    return DatasetInput(Dataset(
+        name=description.name, digest=description.digest, source_type=DATASET_SOURCE_TYPE,
+        source=json.dumps({"uri": description.source}),
+        profile=json.dumps(description.profile)))
+
+
+def system_metrics_interval_s() -> float:
+    """Seconds between system-metric samples: ``XMEM_SYSTEM_METRICS_INTERVAL_S``, default
+    ``SYSTEM_METRICS_INTERVAL_S``; 0 (or less) turns them off."""
+    return float(os.environ.get("XMEM_SYSTEM_METRICS_INTERVAL_S", SYSTEM_METRICS_INTERVAL_S))
+
+
+class PackSystemMetrics:
+    """MLflow's system metrics of one pack, logged once: into one member's run, the *host*.
+
+    MLflow's ``SystemMetricsMonitor`` samples, from a thread, the machine's CPU utilization,
+    memory, disk and network (psutil) and, where nvidia-ml-py finds an NVIDIA driver, each
+    GPU's utilization, memory and power, every ``interval_s`` seconds, and logs them as
+    ``system/...`` metrics (step = sample number). A pack's members share one process and one
+    device, so the host holds them for all: the first member still training, named in every
+    member's ``xmem.system_metrics_run`` tag (``host_tags``). Call ``members_ending`` before
+    members' runs end: when the host is among them and others go on (it diverged), the
+    monitor moves to the next member and the others' tags follow.
+
+    Best effort: a failure to start, move or stop the monitor is logged and training goes on.
+    After a tracking-server outage MLflow's monitor stops itself until the next attempt.
+    """
+
+    def __init__(self, tracking_uri: str, run_ids: list[str], interval_s: float | None = None):
+        self.tracking_uri = tracking_uri
+        self.interval_s = system_metrics_interval_s() if interval_s is None else interval_s
+        self.running = list(run_ids)
+        """Members' runs still training, in pack order."""
+        self.host: str | None = self.running[0] if self.running and self.interval_s > 0 else None
+        """The run that holds the pack's system metrics now (None: off, or every member ended)."""
+        self._monitor: "SystemMetricsMonitor | None" = None
+        if self.host is not None:
+            _start_cpu_clock()
+
+    def host_tags(self) -> dict[str, str]:
+        """The tag naming the host, for every member's run (empty when off)."""
+        return {TAG_SYSTEM_METRICS_RUN: self.host} if self.host else {}
+
+    def start(self) -> None:
+        """Start sampling into the host's run (after the members' runs are RUNNING)."""
+        if self.host is not None and self._monitor is None:
+            self._monitor = _start_monitor(self.tracking_uri, self.host, self.interval_s)
+
+    def members_ending(self, run_ids: list[str]) -> None:
+        """Members whose runs are about to end: a host among them hands over to the next member
+        that goes on (or stops when none does)."""
+        ending = set(run_ids)
+        self.running = [run_id for run_id in self.running if run_id not in ending]
+        if self.host not in ending:
+            return
+        self.stop()
+        self.host = self.running[0] if self.running else None
+        if self.host is None:
+            return
+        try:
+            with client_env():
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+                for run_id in self.running:
+                    client.log_batch(run_id, tags=[RunTag(TAG_SYSTEM_METRICS_RUN, self.host)])
+        except Exception as error:  # tags are worth less than training: go on
+            _log.warning("could not name the new system-metrics run %s: %s", self.host, error)
+        self.start()
+
+    def stop(self) -> None:
+        """Stop sampling and send what was sampled since the last log (safe to call again)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()
+            # MLflow's loop drops the samples of an interval it did not complete (a pack that
+            # ends within its first interval would have none): they are sent as one step,
+            # with one more sample taken here (this thread's CPU clock started with the pack).
+            monitor.collect_metrics()
+            leftover = monitor.aggregate_metrics()
+            if leftover:
+                monitor.publish_metrics(leftover)
+                with client_env():
+                    monitor.mlflow_logger.flush()
+        except Exception as error:
+            _log.warning("could not send the last system metrics of run %s: %s", self.host, error)
+
+
+def _start_cpu_clock() -> None:
+    """psutil measures CPU use between two calls of the same thread, and a thread's first call
+    reads 0.0: calling it now in this (the training) thread makes the sample ``stop`` takes
+    here a measurement of the time since."""
+    try:
+        import psutil
+
+        psutil.cpu_percent()
+    except ImportError:  # _start_monitor says why the metrics are off
+        pass
+
+
+def _start_monitor(tracking_uri: str, run_id: str, interval_s: float) -> "SystemMetricsMonitor | None":
+    """MLflow's monitor sampling into ``run_id`` (continuing its steps), started; None when it
+    cannot run (psutil missing, a server error)."""
+    try:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        class FirstReadingDroppedCPUMonitor(CPUMonitor):
+            """MLflow's CPU monitor without the CPU reading of a thread's first call to
+            psutil (always 0.0: no earlier call to measure from); memory is kept."""
+
+            def __init__(self):
+                super().__init__()
+                # Threads whose psutil CPU clock runs: the one creating it (PackSystemMetrics
+                # started its clock), and each thread after its first reading.
+                self.threads = {threading.get_ident()}
+
+            def collect_metrics(self):
+                super().collect_metrics()
+                thread = threading.get_ident()
+                if thread not in self.threads:
+                    self.threads.add(thread)
+                    self._metrics["cpu_utilization_percentage"].pop()
+                    if not self._metrics["cpu_utilization_percentage"]:
+                        del self._metrics["cpu_utilization_percentage"]
+
+        # Its INFO lines ("Started monitoring ...") at every start and stop are noise here.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        with client_env():
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s,
+                                           samples_before_logging=1, resume_logging=True,
+                                           tracking_uri=tracking_uri)
+        monitor.monitors = [FirstReadingDroppedCPUMonitor() if type(m) is CPUMonitor else m
+                            for m in monitor.monitors]
+        monitor.start()
+        return monitor
+    except Exception as error:  # ImportError without psutil; MlflowException
+        _log.warning("system metrics are off for run %s: %s", run_id, error)
+        return None
 
 
 # Answers that will not change by waiting: a missing or deleted run, a rejected request.

@@ -10,7 +10,9 @@ trial alone. What one call does, in order:
    one folder per member) or the one the driver found in storage (a resumed sweep); otherwise
    start at epoch 0. A member whose checkpoint does not fit fails alone (a user error);
 4. continue each member's MLflow run (created by the driver) through ``workers.mlflow_log``;
-   steps an earlier attempt already logged are not logged again;
+   steps an earlier attempt already logged are not logged again. Each run records the pack's
+   dataset (described once: the members share the data); the pack's system metrics go to
+   one member's run, which every member's run names (``PackSystemMetrics``);
 5. train, sending metrics to MLflow every few seconds and saving a checkpoint every
    ``checkpoint_every`` epochs (or adaptively, ~5% of the time). Tune hears of progress at
    each checkpoint and otherwise at most every ``SECONDS_BETWEEN_REPORTS``: each report
@@ -48,8 +50,9 @@ from workers.contract import (ERROR_CRASH, ERROR_USER, REPORT_EPOCH, REPORT_MEMB
                               TAG_CHECKPOINT_SECONDS, TAG_CHECKPOINTS, TAG_DEVICE, TAG_HOST,
                               TAG_PACK, TAG_PACK_SIZE, TAG_PID, TAG_RAY_NODE, TAG_START_EPOCH,
                               PackPayload, TrialPayload)
+from workers.data.description import describe_dataset
 from workers.errors import XmemError, error_summary
-from workers.mlflow_log import TrialRunLogger, is_transient
+from workers.mlflow_log import PackSystemMetrics, TrialRunLogger, is_transient
 from workers.pack import PackedTrials
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
@@ -190,6 +193,7 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
     pack_payload = PackPayload.of_tune_config(tune_config)
     attempt_started = time.monotonic()
     members = [_Member(payload) for payload in pack_payload.trials()]
+    system: PackSystemMetrics | None = None
     try:
         # An automatic retry after some members ended: their runs hold their results.
         members = [m for m in members if m.tracking.call(m.logger.ended_with) is None]
@@ -207,14 +211,18 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
             if saved is not None:
                 pack.load_member_state(m.trial_id, saved.trial_state)
                 m.logger.history, m.logger.alignment_rows = saved.history, saved.alignment_rows
+        # --- MLflow: the pack's dataset and system metrics, shared by its members ---
+        system = PackSystemMetrics(running[0].logger.tracking_uri, [m.logger.run_id for m in running])
+        dataset = describe_dataset(pack.config, pack.data)
         tags = {TAG_DEVICE: _device_name(pack.device),
                 TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
                 TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
                 TAG_START_EPOCH: str(pack.epoch), TAG_PACK: pack_payload.pack_id,
-                TAG_PACK_SIZE: str(len(running))}
+                TAG_PACK_SIZE: str(len(running)), **system.host_tags()}
         for m in running:
-            m.tracking.call(m.logger.start, tags)
-        _train(pack, {m.trial_id: m for m in running}, attempt_started)
+            m.tracking.call(m.logger.start, tags, dataset)
+        system.start()
+        _train(pack, {m.trial_id: m for m in running}, attempt_started, system)
     except XmemError as error:
         # A user error shared by the pack (a missing dataset, images too small for the model)
         # fails the same way on every retry: end the trials failed now instead of spending
@@ -230,6 +238,9 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
             if not m.ended:
                 _end_failed(m.logger, traceback.format_exc(), error_summary(error), ERROR_CRASH)
         raise
+    finally:
+        if system is not None:
+            system.stop()
 
 
 def _fitting(members: list[_Member], restored: dict[str, TrialCheckpoint]) -> list[_Member]:
@@ -249,7 +260,8 @@ def _fitting(members: list[_Member], restored: dict[str, TrialCheckpoint]) -> li
     return fitting
 
 
-def _train(pack: PackedTrials, members: dict[str, _Member], attempt_started: float) -> None:
+def _train(pack: PackedTrials, members: dict[str, _Member], attempt_started: float,
+           system: PackSystemMetrics) -> None:
     """The pack's loop: log every record, end members as they end, checkpoint, report."""
     config = pack.config
     clock = _CheckpointClock(config.checkpoint_every)
@@ -264,6 +276,7 @@ def _train(pack: PackedTrials, members: dict[str, _Member], attempt_started: flo
         for step in pack.run():
             for trial_id, record in step.records.items():
                 members[trial_id].logger.log_record(record)
+            system.members_ending([members[t].logger.run_id for t in step.ended])
             for trial_id, status in step.ended.items():
                 _finish(members[trial_id], status, step.weights[trial_id], attempt_started, clock)
                 ended_at[trial_id] = step.epoch

@@ -15,11 +15,12 @@ import click
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 def ui(store: str | None, host: str, port: int) -> None:
-    """Serve the MLflow UI over a local sweep store (Ctrl-C to stop)."""
+    """Serve the MLflow UI over a local sweep store (Ctrl-C to stop); prints a link to each
+    sweep's trials (model-training mode, one row per trial)."""
     from orchestrator.settings import local_mlflow_root
     from orchestrator.tracking.server import serve_ui
 
     root = Path(store) if store else local_mlflow_root()
     click.echo(f"starting the MLflow UI on http://{host}:{port} over the store {root.resolve()}; "
                "Ctrl-C to stop")
-    serve_ui(root, host, port)
+    serve_ui(root, host, port, echo=click.echo)

@@ -83,14 +83,17 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
         drawn = figures.draw_figures(loaded.trials, loaded.history, out)
         given, root = tracking_uri_for(tracking_uri, store)
         source = given or f"the store {root}"   # not the port of a server gone after this
-        (out / HTML_FILE).write_text(render_html(sweep, source, loaded.trials, checks, drawn),
-                                     encoding="utf-8")
+        browse = tracker.browse_target(store=None if given else str(root))
+        (out / HTML_FILE).write_text(render_html(sweep, source, loaded.trials, checks, drawn,
+                                                 browse), encoding="utf-8")
         tracker.log_to_parent_run(out, REPORT_ARTIFACT_DIR)
+        browse_line = tracker.browse_line(store=None if given else str(root))
     echo(f"report of sweep {sweep}: {out / HTML_FILE} ({len(drawn)} figures, "
          f"{len(loaded.trials)} trials)")
     echo(format_claims(checks))
     echo(f"how each claim is checked: {out / HTML_FILE}#rules")
     echo(f"logged to the parent run {parent_run_id} under {REPORT_ARTIFACT_DIR}/")
+    echo(browse_line)
     return Report(out, out / HTML_FILE, [f.path for f in drawn], checks, parent_run_id, uri)
 
 
@@ -141,9 +144,11 @@ figcaption { font-size: 0.9em; color: #444; }
 
 
 def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[ClaimCheck],
-                drawn: Sequence[Any]) -> str:
+                drawn: Sequence[Any], browse: tuple[str | None, str] | None = None) -> str:
     """The self-contained page: summary, claims table, figures (embedded), trial table.
-    ``source`` says where the runs were read (a tracking URI or a store folder)."""
+    ``source`` says where the runs were read (a tracking URI or a store folder); ``browse``
+    (the command that serves the runs first, or None; the link) where to see the trials in
+    the MLflow UI."""
     rows = trials.to_pylist()
     counts: dict[str, int] = {}
     for row in rows:
@@ -159,6 +164,7 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
         f"generated {_e(generated)}.",
         (f" {left_out} trial(s) neither finished nor diverged are left out of the figures and "
          "claims." if left_out else "") + "</p>",
+        _browse_html(browse),
         "<h2>The paper's claims on this sweep</h2>",
         f"<p>Claims of {PAPER}, each checked on groups of trials that differ only in what the "
         "claim varies; seeds are aggregated as mean ± standard deviation (n). Hover over a "
@@ -175,6 +181,17 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
         parts.append("<p>No finished trials to draw.</p>")
     parts += ["<h2>Trials</h2>", _trials_html(trials), _rules_html(), "</body></html>"]
     return "\n".join(parts)
+
+
+def _browse_html(browse: tuple[str | None, str] | None) -> str:
+    """The paragraph linking to the trials in the MLflow UI (empty without ``browse``)."""
+    if browse is None:
+        return ""
+    command, url = browse
+    link = f"<a href='{_e(url)}'>{_e(url)}</a>"
+    if command is None:
+        return f"<p>The trials in the MLflow UI: {link}</p>"
+    return f"<p>The trials in the MLflow UI: run <code>{_e(command)}</code>, then open {link}</p>"
 
 
 def _claims_html(checks: Sequence[ClaimCheck]) -> str:

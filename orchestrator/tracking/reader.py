@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
+from orchestrator.tracking import runs_view
 from orchestrator.tracking.records import TrialRecord
 from workers.contract import ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID
 from workers.env_defaults import env_defaults
@@ -42,6 +43,8 @@ class SweepReader:
         self.sweep_name = sweep_name
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id: str | None = None
+        self.experiment_tags: dict[str, str] = {}
+        """The experiment's tags, as read when it was opened or created."""
         self.parent_run_id: str | None = None
 
     def open_existing(self) -> str:
@@ -59,7 +62,26 @@ class SweepReader:
                        else "there are no sweeps there yet (run one: xmem sweep SPEC.yaml)")
             raise XmemError(f"no sweep named '{self.sweep_name}' on {self.tracking_uri}; {listing}")
         self.experiment_id = experiment.experiment_id
+        self.experiment_tags = dict(experiment.tags)
         return self.experiment_id
+
+    def has_trials_view(self) -> bool:
+        """Whether the experiment carries xmem's trials view (sweeps of xmem before it do not)."""
+        return runs_view.TRIALS_VIEW_TAG in self.experiment_tags
+
+    def browse_target(self, *, store: str | None = None) -> tuple[str | None, str]:
+        """Where to look at the sweep's trials in the MLflow UI (``runs_view.browse_target``):
+        the link on this server, or for ``store`` (read through a temporary server or its
+        SQLite file) ``xmem ui`` and the link it will serve."""
+        return runs_view.browse_target(self._experiment(), self.has_trials_view(),
+                                       server_uri=None if store else self.tracking_uri,
+                                       store=store, tracking_uri=self.tracking_uri)
+
+    def browse_line(self, *, store: str | None = None) -> str:
+        """``browse_target`` as the line xmem prints (``Browse the runs: ...``)."""
+        return runs_view.browse_line(self._experiment(), self.has_trials_view(),
+                                     server_uri=None if store else self.tracking_uri,
+                                     store=store, tracking_uri=self.tracking_uri)
 
     def trial_runs(self) -> dict[str, TrialRecord]:
         """trial_id -> its run as plain data (active runs only), from one paginated search."""
@@ -164,17 +186,36 @@ def sweep_names(tracking_uri: str) -> list[str]:
     Raises:
         XmemError: the server cannot be reached or answers with an error.
     """
+    return [sweep.name for sweep in sweep_experiments(tracking_uri)]
+
+
+class SweepExperiment(NamedTuple):
+    """A sweep's experiment, as ``xmem ui`` lists it."""
+
+    name: str
+    experiment_id: str
+    has_trials_view: bool
+    """It carries xmem's trials view (``runs_view``; sweeps of older xmem versions do not)."""
+
+
+def sweep_experiments(tracking_uri: str) -> list[SweepExperiment]:
+    """The active experiments on ``tracking_uri`` that ``xmem sweep`` made, sorted by name.
+
+    Raises:
+        XmemError: the server cannot be reached or answers with an error.
+    """
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    names: list[str] = []
+    found: list[SweepExperiment] = []
     token = None
     with read_client_env(), server_errors(tracking_uri):
         while True:
             page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
                                              max_results=SEARCH_PAGE, page_token=token)
-            names += [experiment.name for experiment in page if TAG_SWEEP in experiment.tags]
+            found += [SweepExperiment(e.name, e.experiment_id, runs_view.TRIALS_VIEW_TAG in e.tags)
+                      for e in page if TAG_SWEEP in e.tags]
             token = page.token
             if not token:
-                return sorted(names)
+                return sorted(found)
 
 
 def read_client_env():

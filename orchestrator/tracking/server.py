@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from orchestrator.settings import tracking_uri_for
 from workers.errors import XmemError
@@ -132,12 +132,16 @@ def start_local_server(root: Path, host: str = "127.0.0.1", port: int | None = N
     return server
 
 
-def serve_ui(root: Path, host: str, port: int) -> None:
-    """Serve the store under ``root`` (UI and API) until Ctrl-C; for ``xmem ui``.
+def serve_ui(root: Path, host: str, port: int, echo: Callable[[str], None] = print) -> None:
+    """Serve the store under ``root`` (UI and API) until Ctrl-C; for ``xmem ui``. Prints a
+    link to each sweep's trials (``runs_view.runs_url``) while the server starts.
 
     Raises:
         XmemError: ``root`` holds no store, the port is taken, or the server fails.
     """
+    from orchestrator.tracking import runs_view
+    from orchestrator.tracking.reader import sweep_experiments
+
     root = Path(root).expanduser().resolve()
     if not (root / STORE_FILE).is_file():
         raise XmemError(f"no MLflow store at {root / STORE_FILE}.\nSweeps run without a tracking "
@@ -152,10 +156,21 @@ def serve_ui(root: Path, host: str, port: int) -> None:
     server = LocalTrackingServer(uri=f"http://{host}:{port}", root=root, process=process,
                                  command=tuple(command))
     try:
+        # Read from the SQLite file while the server starts (both take a few seconds).
+        link_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        sweeps = sweep_experiments(f"sqlite:///{root / STORE_FILE}")
+        for sweep in sweeps:
+            echo(f"sweep {sweep.name}: "
+                 f"{runs_view.runs_url(f'http://{link_host}:{port}', sweep.experiment_id, sweep.has_trials_view)}")
+        if not sweeps:
+            echo("no sweeps in this store yet")
         code = process.wait()
     except KeyboardInterrupt:
         server.stop()
         return
+    except BaseException:
+        server.stop()
+        raise
     if code != 0:
         raise XmemError(f"the MLflow server exited with code {code}; command: "
                         f"{shlex.join(command)}")

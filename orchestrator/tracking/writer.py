@@ -2,14 +2,17 @@
 
 What a sweep leaves in the tracking server::
 
-    experiment  <sweep name>                  tag mlflow.note.content = spec description
+    experiment  <sweep name>                  tags mlflow.note.content = spec description,
+                                              mlflow.experimentKind = custom_model_development,
+                                              mlflow.sharedViewState.xmem-trials = the trials
+                                              view the printed link opens (runs_view)
       run  <sweep name>                       parent: tags xmem.sweep, xmem.role=parent,
                                               xmem.trial_count; artifact spec.yaml
         run  <trial name>  (one per trial)    child: tags mlflow.parentRunId, xmem.sweep,
                                               xmem.role=trial, xmem.trial_id, xmem.version,
-                                              xmem.git_commit, xmem.attempts; params = every
-                                              trial config key; SCHEDULED until a worker
-                                              starts it
+                                              xmem.git_commit, xmem.attempts,
+                                              xmem.trial_index; params = every trial config
+                                              key; SCHEDULED until a worker starts it
 
 Every run is found again by its tags, never by remembering ids on the driver: running the
 same sweep twice reuses the experiment, the parent run and each trial's run. The workers log
@@ -18,16 +21,19 @@ their own metrics and artifacts (``workers.mlflow_log``).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 import yaml
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 import workers
+from orchestrator.tracking import runs_view
 from orchestrator.tracking.params import config_params
 from orchestrator.tracking.reader import SweepReader, read_client_env, server_errors
 from workers.config import TrialConfig
@@ -35,7 +41,8 @@ from workers.contract import (ERROR_ARTIFACT, ERROR_CRASH, ERROR_SUMMARY_LENGTH,
                               ROLE_TRIAL, RUN_FAILED, RUN_FINISHED, SPEC_ARTIFACT, STATUS_FAILED,
                               TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_GIT_COMMIT,
                               TAG_MLFLOW_GIT_COMMIT, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS,
-                              TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_VERSION)
+                              TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_TRIAL_INDEX,
+                              TAG_VERSION)
 from workers.env_defaults import env_defaults
 from workers.errors import XmemError, first_line
 
@@ -62,7 +69,8 @@ class SweepTracker(SweepReader):
     """
 
     def ensure_experiment(self, description: str | None = None) -> str:
-        """The id of the experiment named after the sweep, created on first use.
+        """The id of the experiment named after the sweep, created on first use, of MLflow's
+        model-training kind (``runs_view.EXPERIMENT_KIND_TAG``).
 
         Raises:
             XmemError: an experiment of that name exists but was deleted (MLflow keeps the
@@ -70,11 +78,13 @@ class SweepTracker(SweepReader):
         """
         experiment = self.client.get_experiment_by_name(self.sweep_name)
         if experiment is None:
-            tags = {TAG_SWEEP: self.sweep_name}
+            tags = {TAG_SWEEP: self.sweep_name,
+                    runs_view.EXPERIMENT_KIND_TAG: runs_view.MODEL_TRAINING_KIND}
             if description:
                 tags[TAG_NOTE] = description
             try:
                 self.experiment_id = self.client.create_experiment(self.sweep_name, tags=tags)
+                self.experiment_tags = dict(tags)
                 return self.experiment_id
             except MlflowException:
                 # Created meanwhile by another driver: use theirs.
@@ -88,8 +98,12 @@ class SweepTracker(SweepReader):
                 f"--experiment-id {experiment.experiment_id}), delete it for good (mlflow gc), "
                 "or give the sweep another name")
         self.experiment_id = experiment.experiment_id
+        self.experiment_tags = dict(experiment.tags)
         if description and experiment.tags.get(TAG_NOTE) != description:
             self.client.set_experiment_tag(self.experiment_id, TAG_NOTE, description)
+        if experiment.tags.get(runs_view.EXPERIMENT_KIND_TAG) != runs_view.MODEL_TRAINING_KIND:
+            self.client.set_experiment_tag(self.experiment_id, runs_view.EXPERIMENT_KIND_TAG,
+                                           runs_view.MODEL_TRAINING_KIND)
         return self.experiment_id
 
     def start_parent_run(self, spec_raw: dict, trial_count: int) -> str:
@@ -112,13 +126,15 @@ class SweepTracker(SweepReader):
         self.parent_run_id = run_id
         return run_id
 
-    def create_trial_runs(self, trials: Iterable[TrialLike], parent_run_id: str) -> dict[str, str]:
+    def create_trial_runs(self, trials: Iterable[TrialLike], parent_run_id: str,
+                          positions: dict[str, int] | None = None) -> dict[str, str]:
         """One child run per trial (SCHEDULED), or the trial's existing run: trial_id -> run_id.
 
         One search finds the existing runs; a new run costs three requests (create with its
         tags, log_batch of params, status SCHEDULED). An existing run keeps its status, params
         and tags (``xmem.attempts`` included); what it lacks (a crash between those requests)
-        is added, and ``mlflow.parentRunId`` is pointed at ``parent_run_id``.
+        is added, and ``mlflow.parentRunId`` is pointed at ``parent_run_id``. ``positions``
+        (trial id -> place in the spec's order) sets ``xmem.trial_index``.
         """
         experiment_id = self._experiment_or_create()
         existing = {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
@@ -129,6 +145,8 @@ class SweepTracker(SweepReader):
             tags = {TAG_PARENT_RUN: parent_run_id, TAG_SWEEP: self.sweep_name,
                     TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: trial.trial_id,
                     TAG_VERSION: workers.__version__}
+            if positions is not None:
+                tags[TAG_TRIAL_INDEX] = runs_view.trial_index(positions[trial.trial_id])
             if commit:
                 tags[TAG_GIT_COMMIT] = tags[TAG_MLFLOW_GIT_COMMIT] = commit
             run = existing.get(trial.trial_id)
@@ -142,15 +160,40 @@ class SweepTracker(SweepReader):
                 self._log_params(run_id, {k: v for k, v in params.items()
                                           if k not in run.data.params})
                 # Tags keep the values of the run's creation, except the parent (a new parent
-                # run replaces one that was deleted).
+                # run replaces one that was deleted) and the place in the spec.
                 stale = {k: v for k, v in tags.items() if k not in run.data.tags
-                         or (k == TAG_PARENT_RUN and run.data.tags[k] != v)}
+                         or (k in (TAG_PARENT_RUN, TAG_TRIAL_INDEX) and run.data.tags[k] != v)}
                 if TAG_ATTEMPTS not in run.data.tags:
                     stale[TAG_ATTEMPTS] = "0"
                 if stale:
                     self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in stale.items()])
             run_ids[trial.trial_id] = run_id
         return run_ids
+
+    def publish_trials_view(self, trial_ids: Sequence[str], varying_keys: Sequence[str]) -> None:
+        """Write the trials view the printed link opens (``runs_view``): the experiment tag
+        holding its state (rewritten only when the state changes), and each trial run's
+        ``xmem.trial_index`` (its place in ``trial_ids``, the spec's order; set only where it
+        differs, so a rerun of an unchanged spec sends nothing but one search).
+
+        Call it after ``create_trial_runs`` (which indexes the runs it creates or reuses):
+        every trial has a run then.
+        """
+        experiment_id = self._experiment_or_create()
+        value = runs_view.trials_view_tag(varying_keys, len(trial_ids), int(time.time() * 1000))
+        old = _view_envelope(self.experiment_tags.get(runs_view.TRIALS_VIEW_TAG))
+        new = json.loads(value)
+        if old.get("state") != new["state"]:
+            if "createdAt" in old:   # keep the view's age; mark it updated
+                value = json.dumps({**new, "createdAt": old["createdAt"]})
+            self.client.set_experiment_tag(experiment_id, runs_view.TRIALS_VIEW_TAG, value)
+            self.experiment_tags[runs_view.TRIALS_VIEW_TAG] = value
+        runs = {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
+        for position, trial_id in enumerate(trial_ids):
+            run = runs.get(trial_id)
+            index = runs_view.trial_index(position)
+            if run is not None and run.data.tags.get(TAG_TRIAL_INDEX) != index:
+                self.client.set_tag(run.info.run_id, TAG_TRIAL_INDEX, index)
 
     def tag_parent_run(self, tags: dict[str, str]) -> None:
         """Set tags on this sweep's parent run (after ``start_parent_run``)."""
@@ -175,10 +218,11 @@ class SweepTracker(SweepReader):
             self.client.set_terminated(parent_run_id, status=status)
 
     def experiment_url(self) -> str:
-        """``<uri>/#/experiments/<id>`` for an http(s) server; else a description of where."""
+        """The link to the sweep's trials in the MLflow UI (``runs_view.runs_url``) for an
+        http(s) server; else a description of where the experiment is."""
         experiment_id = self._experiment_or_create()
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
+        if runs_view.is_served(self.tracking_uri):
+            return runs_view.runs_url(self.tracking_uri, experiment_id, self.has_trials_view())
         return f"experiment {experiment_id} in {self.tracking_uri}"
 
     def log_to_parent_run(self, folder: str | os.PathLike, artifact_path: str | None = None) -> str:
@@ -196,6 +240,15 @@ class SweepTracker(SweepReader):
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
+
+
+def _view_envelope(value: str | None) -> dict:
+    """A saved-view tag's envelope (name, createdAt, state); {} when absent or unreadable."""
+    try:
+        envelope = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return envelope if isinstance(envelope, dict) else {}
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

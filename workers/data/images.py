@@ -8,8 +8,8 @@ from workers.data.arrays import ImageArrays
 from workers.datasets import NUM_CLASSES
 from workers.data.cache import cache_path, read_cache, write_cache
 from workers.data.parquet_table import read_parquet_table, table_problem
-from workers.data.sources import (digits_arrays, ensure_torchvision_files, missing_files_problem,
-                                  read_torchvision_files)
+from workers.data.sources import (digits_arrays, digits_file, ensure_torchvision_files,
+                                  missing_files_problem, read_torchvision_files, torchvision_folder)
 from workers.errors import ConfigError, DatasetUnavailable
 
 
@@ -24,6 +24,20 @@ def source_problem(dataset: str, data_dir: str, data_file: str | None = None,
     if dataset == "digits" or download:
         return None
     return missing_files_problem(dataset, Path(data_dir).expanduser())
+
+
+# Kinds of source, as ``source_location`` names them (first match wins, as in load_image_arrays).
+SOURCE_PARQUET, SOURCE_DIGITS, SOURCE_TORCHVISION = "parquet", "scikit-learn", "torchvision"
+
+
+def source_location(dataset: str, data_dir: str, data_file: str | None = None) -> tuple[str, Path]:
+    """Which source ``load_image_arrays`` reads for these settings, and where: (kind, the
+    absolute path of the Parquet table, the bundled digits file or torchvision's folder)."""
+    if data_file is not None:
+        return SOURCE_PARQUET, Path(data_file).expanduser().resolve()
+    if dataset == "digits":
+        return SOURCE_DIGITS, digits_file()
+    return SOURCE_TORCHVISION, torchvision_folder(dataset, Path(data_dir).expanduser().resolve())
 
 
 def source_problems(sources: list[tuple[str, str, str | None, bool]]) -> list[str | None]:

@@ -64,10 +64,7 @@ def _digits_table() -> tuple[np.ndarray, np.ndarray]:
     importing ``sklearn`` alone takes about 2 s here, paid by every trial process. Falls
     back to ``sklearn.datasets.load_digits`` if the file is not where it is expected.
     """
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None:
-        raise DatasetUnavailable("dataset digits needs scikit-learn: pip install scikit-learn")
-    bundled = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    bundled = digits_file()
     if bundled.is_file():
         table = np.loadtxt(bundled, delimiter=",", dtype=np.int64)   # (1797, 65)
         return table[:, :-1], table[:, -1]
@@ -75,6 +72,23 @@ def _digits_table() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     return digits.data.astype(np.int64), digits.target.astype(np.int64)
+
+
+def digits_file() -> Path:
+    """Where scikit-learn keeps its bundled digits (``datasets/data/digits.csv.gz``).
+
+    Raises:
+        DatasetUnavailable: scikit-learn is not installed.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise DatasetUnavailable("dataset digits needs scikit-learn: pip install scikit-learn")
+    return Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+
+
+def torchvision_folder(dataset: str, data_dir: Path) -> Path:
+    """The folder holding the dataset's torchvision files (``data_dir`` itself for SVHN)."""
+    return (data_dir / TORCHVISION_FILES[dataset]["train"][0]).parent
 
 
 def torchvision_files(dataset: str, data_dir: Path) -> list[Path]:
