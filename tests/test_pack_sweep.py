@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -102,6 +103,8 @@ def test_a_killed_pack_resumes_every_member_with_no_duplicate_step(tmp_path, ray
     killer.join(timeout=5)
     assert killed, "the pack's worker was never killed"
 
+    # the killed worker's checkpoint scratch folder went with the next attempt
+    assert not list(Path(tempfile.gettempdir()).glob(f"xmem-ckpt-{killed['pid']}-*"))
     runs = _runs(mlflow_server.uri, name)
     assert len(runs) == 3
     ids = list(runs)

@@ -62,6 +62,8 @@ MIN_SECONDS_BETWEEN_CHECKPOINTS = 5.0
 # request costs ~40 ms on a busy server, too much to pay for every epoch.
 SECONDS_BETWEEN_FLUSHES = 10.0
 TRACKING_RETRY_PAUSE_S = 2.0
+# Checkpoints are written to <temp>/xmem-ckpt-<pid>-<random>/ before Tune copies them.
+SCRATCH_PREFIX = "xmem-ckpt-"
 # Tune hears of progress at most this often (and at every checkpoint and the end).
 SECONDS_BETWEEN_REPORTS = 2.0
 
@@ -272,7 +274,8 @@ def _train(pack: PackedTrials, members: dict[str, _Member], attempt_started: flo
     def progress(epoch: int) -> dict[str, list]:
         return {tid: [ended_at.get(tid, epoch), pack.status[tid]] for tid in members}
 
-    with tempfile.TemporaryDirectory(prefix="xmem-ckpt-") as scratch:
+    remove_orphaned_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
         for step in pack.run():
             for trial_id, record in step.records.items():
                 members[trial_id].logger.log_record(record)
@@ -299,6 +302,36 @@ def _train(pack: PackedTrials, members: dict[str, _Member], attempt_started: flo
                 last_report = time.monotonic()
     tune.report({REPORT_EPOCH: pack.epoch, REPORT_STATUS: STATUS_FINISHED,
                  REPORT_MEMBERS: progress(pack.epoch)})
+
+
+def remove_orphaned_scratch(folder: str | None = None) -> list[str]:
+    """Remove the checkpoint scratch folders of worker processes that no longer exist.
+
+    A worker killed mid-attempt (SIGKILL, out of memory, its node's driver gone) never runs
+    its ``TemporaryDirectory`` cleanup, and every such kill left a checkpoint's worth of
+    files in the temp folder. Scratch folders carry their process id, so the next attempt on
+    the machine removes those whose process is gone (a live process, even an unrelated one
+    that reuses the id, keeps its folder). Returns the removed paths.
+    """
+    removed = []
+    root = Path(folder or tempfile.gettempdir())
+    for path in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid_text = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_exists(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _save_pack_checkpoint(pack: PackedTrials, members: dict[str, _Member], scratch: Path) -> tune.Checkpoint:
