@@ -4,7 +4,9 @@ Layout written by Tune and ``workers.checkpoint``::
 
     <storage>/<sweep>/<pack name>-<pack id>-<session>/checkpoint_000003/<trial id>/
         trial_state.pt          the engine's state, history, per-class rows, MLflow run id
-        xmem_checkpoint.json    {"trial_id", "epoch", "run_id"}: read here without torch
+        xmem_checkpoint.json    {"trial_id", "epoch", "run_id", "state_bytes"}: read here
+                                without torch; a state file of another size (a copy torn
+                                by a kill) makes the checkpoint invisible
 
 One folder per member of the pack that was still training; each is a trial's own checkpoint,
 resumable in any pack. (Checkpoints of xmem before packing hold the two files directly in
@@ -17,7 +19,7 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 
 from workers.checkpoint import CheckpointInfo
-from workers.contract import CHECKPOINT_INFO_FILE
+from workers.contract import CHECKPOINT_INFO_FILE, CHECKPOINT_STATE_FILE
 
 
 def scan_checkpoints(storage: str, sweep_name: str) -> list[tuple[str, int, str]]:
@@ -34,7 +36,8 @@ def scan_checkpoints(storage: str, sweep_name: str) -> list[tuple[str, int, str]
                 continue
             for folder in [checkpoint_dir, *_children(filesystem, checkpoint_dir)]:
                 info = _read_info(filesystem, f"{folder}/{CHECKPOINT_INFO_FILE}")
-                if info is not None:  # else being written, a pack's folder, or not xmem's
+                # None: being written, a pack's folder, or not xmem's
+                if info is not None and _state_complete(filesystem, folder, info):
                     found.append((info.trial_id, info.epoch, scheme + folder))
     return found
 
@@ -70,6 +73,17 @@ def _children(filesystem: pafs.FileSystem, path: str) -> list[str]:
     except OSError:
         return []
     return [info.path for info in infos if info.type == pafs.FileType.Directory]
+
+
+def _state_complete(filesystem: pafs.FileSystem, folder: str, info: CheckpointInfo) -> bool:
+    """Whether the state file has the size the info file recorded (a torn copy does not)."""
+    if info.state_bytes is None:
+        return True
+    try:
+        state = filesystem.get_file_info(f"{folder}/{CHECKPOINT_STATE_FILE}")
+    except OSError:
+        return False
+    return state.type == pafs.FileType.File and state.size == info.state_bytes
 
 
 def _read_info(filesystem: pafs.FileSystem, path: str) -> CheckpointInfo | None:

@@ -4,20 +4,20 @@ trains only its unfinished members, and a member's own failure stays its own."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from orchestrator.checkpoints import latest_checkpoints
+from orchestrator.checkpoints import latest_checkpoint_epochs, latest_checkpoints
 from orchestrator.run import run_sweep
 from test_fault_tolerance import _reference_metrics, _runs, _spec, _steps, _wait_for
 from workers import contract
@@ -138,16 +138,22 @@ def test_a_resumed_sweep_trains_only_unfinished_members_and_a_bad_checkpoint_fai
          "--tracking-uri", mlflow_server.uri, "--storage", str(storage)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def diverged_and_checkpointed():
+        def diverged_and_checkpointed_twice():
+            # Two checkpoints (epochs 5 and 10): if the kill tears the copy of the newer one,
+            # the older one is complete (checkpoints.py passes torn copies over).
             runs = _runs(mlflow_server.uri, name)
             diverged = [r for r in runs.values() if r.data.tags.get("xmem.status") == "diverged"]
-            return diverged and len(latest_checkpoints(str(storage), name)) == 3
-        _wait_for(diverged_and_checkpointed, timeout_s=180, what="a diverged member and a checkpoint")
+            epochs = latest_checkpoint_epochs(str(storage), name)
+            return diverged and len(epochs) == 3 and min(e for e, _ in epochs.values()) >= 10
+        _wait_for(diverged_and_checkpointed_twice, timeout_s=180, what="a diverged member and two checkpoints")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
+    # Ray ends a dead driver's workers shortly after; until then the pack may checkpoint again.
+    worker = int(next(iter(_runs(mlflow_server.uri, name).values())).data.tags["xmem.pid"])
+    _wait_for(lambda: not _alive(worker), timeout_s=60, what="the pack's worker to end")
     before = {tid: (r.info.run_id, r.info.end_time) for tid, r in _runs(mlflow_server.uri, name).items()
               if r.data.tags.get("xmem.status") == "diverged"}
     assert len(before) == 1
@@ -157,7 +163,9 @@ def test_a_resumed_sweep_trains_only_unfinished_members_and_a_bad_checkpoint_fai
     saved = torch.load(state_file, weights_only=False)
     saved["trial"]["format"] = -1
     torch.save(saved, state_file)
-    time.sleep(3)  # Ray ends a dead driver's actors; give it a moment
+    info_file = state_file.parent / contract.CHECKPOINT_INFO_FILE   # keep it a complete copy
+    info = json.loads(info_file.read_text())
+    info_file.write_text(json.dumps({**info, "state_bytes": state_file.stat().st_size}))
 
     lines: list[str] = []
     outcome = run_sweep(str(spec), address=ray_cluster, tracking_uri=mlflow_server.uri,
@@ -178,3 +186,11 @@ def test_a_resumed_sweep_trains_only_unfinished_members_and_a_bad_checkpoint_fai
         assert _steps(mlflow_server.uri, run.info.run_id) == list(range(41))
     assert outcome.exit_code == 1                                  # one trial failed
     assert any("resumed from checkpoints" in line for line in lines)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -117,3 +117,25 @@ def test_delete_checkpoints_removes_only_the_restarted_trials(tmp_path):
         (folder / "xmem_checkpoint.json").write_text(json.dumps({"trial_id": trial, "epoch": 5}))
     assert delete_checkpoints(str(tmp_path), "sw", {"aaa"}) == 2
     assert set(latest_checkpoints(str(tmp_path), "sw")) == {"bbb"}
+
+
+def test_a_torn_copy_of_the_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    """A worker killed while Tune copies its checkpoint into storage leaves the info file
+    complete and the state file short: that checkpoint is passed over, inside a pack's folder too."""
+    from workers.checkpoint import TrialCheckpoint, save_checkpoint, save_pack_checkpoint
+
+    def saved(epoch: int) -> TrialCheckpoint:
+        return TrialCheckpoint("aaa", "run", {"epoch": epoch, "weights": list(range(1000))}, [], [])
+
+    pack = tmp_path / "sw" / "p-p1-s1"
+    for i, epoch in enumerate((5, 10)):
+        folder = pack / f"checkpoint_00000{i}"
+        folder.mkdir(parents=True)
+        save_pack_checkpoint([saved(epoch)], folder)
+    old = tmp_path / "sw" / "a-aaa-s0" / "checkpoint_000000"   # a lone trial's, older layout
+    old.mkdir(parents=True)
+    save_checkpoint(saved(3), old)
+    assert latest_checkpoints(str(tmp_path), "sw") == {"aaa": str(pack / "checkpoint_000001" / "aaa")}
+    state = pack / "checkpoint_000001" / "aaa" / "trial_state.pt"
+    state.write_bytes(state.read_bytes()[:100])                 # the copy stopped half-way
+    assert latest_checkpoints(str(tmp_path), "sw") == {"aaa": str(pack / "checkpoint_000000" / "aaa")}

@@ -4,7 +4,7 @@ One trial's checkpoint is one folder::
 
     trial_state.pt        torch.save of {"trial": Trial.state_dict(), "history", "alignment_rows",
                           "run_id"}: the engine's full state and the rows logged so far
-    xmem_checkpoint.json  {"trial_id", "epoch", "run_id"}: read by the driver without torch
+    xmem_checkpoint.json  {"trial_id", "epoch", "run_id", "state_bytes"}: read by the driver without torch
                           (``orchestrator.checkpoints``) to find each trial's latest checkpoint
 
 A pack's checkpoint (the folder Tune copies into the sweep's storage) holds one such folder
@@ -57,6 +57,10 @@ class CheckpointInfo:
     trial_id: str
     epoch: int
     run_id: str | None
+    state_bytes: int | None = None
+    """The state file's size when it was written: a copy interrupted half-way (a worker killed
+    while Tune copied the folder into storage) has a complete info file beside a shorter state
+    file, and is passed over. None in checkpoints of earlier versions."""
 
     @classmethod
     def parse(cls, text: str | bytes) -> "CheckpointInfo | None":
@@ -64,9 +68,9 @@ class CheckpointInfo:
         or not xmem's)."""
         try:
             values = json.loads(text)
-            run_id = values.get("run_id")
+            run_id, size = values.get("run_id"), values.get("state_bytes")
             return cls(str(values["trial_id"]), int(values["epoch"]),
-                       None if run_id is None else str(run_id))
+                       None if run_id is None else str(run_id), None if size is None else int(size))
         except (TypeError, KeyError, ValueError):
             return None
 
@@ -80,7 +84,8 @@ def save_checkpoint(checkpoint: TrialCheckpoint, folder: str | Path) -> None:
     torch.save({"trial": checkpoint.trial_state, "history": checkpoint.history,
                 "alignment_rows": checkpoint.alignment_rows, "run_id": checkpoint.run_id},
                folder / CHECKPOINT_STATE_FILE)
-    info = CheckpointInfo(checkpoint.trial_id, checkpoint.epoch, checkpoint.run_id)
+    info = CheckpointInfo(checkpoint.trial_id, checkpoint.epoch, checkpoint.run_id,
+                          (folder / CHECKPOINT_STATE_FILE).stat().st_size)
     (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(dataclasses.asdict(info)))
 
 
