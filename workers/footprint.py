@@ -17,7 +17,7 @@ from workers.config import TrialConfig, convnet_feature_side
 from workers.datasets import FACTS
 
 FLOAT_BYTES = 4
-EVAL_CHUNK = 8192  # as workers.trial.EVAL_CHUNK: examples per evaluation pass, all members together
+EVAL_CHUNK = 8192  # examples per evaluation pass, all members of a pack together (the engine's)
 
 
 def _image(config: TrialConfig) -> tuple[int, int, int, int]:

@@ -30,11 +30,11 @@ from workers.contract import STATUS_FINISHED as FINISHED
 from workers.contract import STATUS_RUNNING as RUNNING
 from workers.data import DeviceDataset, load_dataset
 from workers.errors import XmemError
+from workers.footprint import EVAL_CHUNK  # examples per evaluation pass (bounds activation memory)
 from workers.losses import per_example_loss
 from workers.models import build_model
 from workers.sgd import PlainSGD
 
-EVAL_CHUNK = 8192  # examples per forward pass when evaluating (bounds activation memory)
 
 
 @dataclass
