@@ -109,6 +109,17 @@ def _reference_metrics(spec_path: Path, trial_id: str, pack_with: tuple[str, ...
         torch.set_num_threads(threads)
 
 
+def assert_history_matches(uri: str, run_id: str, reference: list[dict], keys, rel: float) -> None:
+    """Each metric of ``keys`` in the run has exactly one value per step of ``reference`` (the
+    records of an uninterrupted run), equal to it within ``rel``."""
+    client = MlflowClient(uri)
+    for key in keys:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        expected = [(r[contract.EPOCH], r[key]) for r in reference if key in r]
+        assert [m.step for m in history] == [step for step, _ in expected], key  # one value per step
+        assert [m.value for m in history] == pytest.approx([v for _, v in expected], rel=rel), key
+
+
 def test_killed_worker_is_retried_from_its_checkpoint_and_matches_an_uninterrupted_run(
         tmp_path, ray_cluster, mlflow_server):
     """Breaks: SIGKILL of a trial's worker process mid-training."""
@@ -126,13 +137,9 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_matches_an_uninterrupt
     assert run.data.tags["xmem.attempts"] == "2"
     assert int(run.data.tags["xmem.start_epoch"]) >= 10          # resumed, not restarted
     assert int(run.data.tags["xmem.pid"]) != killed["pid"]
-    reference = _reference_metrics(spec, killed["trial_id"])
-    client = MlflowClient(mlflow_server.uri)
-    for key in (contract.TRAIN_LOSS, contract.TEST_ACC, contract.ALIGN_GRAD, contract.DYN_WEIGHT_CHANGE_HIDDEN):
-        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        expected = [(r[contract.EPOCH], r[key]) for r in reference if key in r]
-        assert [m.step for m in history] == [step for step, _ in expected]   # one value per step
-        assert [m.value for m in history] == pytest.approx([v for _, v in expected], rel=1e-6)
+    assert_history_matches(mlflow_server.uri, run.info.run_id, _reference_metrics(spec, killed["trial_id"]),
+                           (contract.TRAIN_LOSS, contract.TEST_ACC, contract.ALIGN_GRAD,
+                            contract.DYN_WEIGHT_CHANGE_HIDDEN), rel=1e-6)
 
 
 def test_driver_killed_mid_sweep_then_rerun_finishes_without_rerunning_finished_trials(

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from orchestrator.checkpoints import latest_checkpoint_epochs, latest_checkpoints
 from orchestrator.run import run_sweep
-from test_fault_tolerance import _reference_metrics, _runs, _spec, _steps, _wait_for
+from test_fault_tolerance import _reference_metrics, assert_history_matches, _runs, _spec, _steps, _wait_for
 from workers import contract
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,6 @@ def test_a_killed_pack_resumes_every_member_with_no_duplicate_step(tmp_path, ray
     runs = _runs(mlflow_server.uri, name)
     assert len(runs) == 3
     ids = list(runs)
-    client = MlflowClient(mlflow_server.uri)
     for tid, run in runs.items():
         tags = run.data.tags
         assert run.info.status == "FINISHED" and tags["xmem.status"] == "finished"
@@ -116,11 +115,8 @@ def test_a_killed_pack_resumes_every_member_with_no_duplicate_step(tmp_path, ray
         assert int(tags["xmem.start_epoch"]) >= 10                 # resumed, not restarted
         assert int(tags["xmem.pid"]) != killed["pid"]
         reference = _reference_metrics(spec, tid, tuple(t for t in ids if t != tid))
-        for key in (contract.TRAIN_LOSS, contract.TEST_ACC, contract.ALIGN_GRAD):
-            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-            expected = [(r[contract.EPOCH], r[key]) for r in reference if key in r]
-            assert [m.step for m in history] == [s for s, _ in expected]   # one value per step
-            assert [m.value for m in history] == pytest.approx([v for _, v in expected], rel=1e-5)
+        assert_history_matches(mlflow_server.uri, run.info.run_id, reference,
+                               (contract.TRAIN_LOSS, contract.TEST_ACC, contract.ALIGN_GRAD), rel=1e-5)
 
 
 def test_a_resumed_sweep_trains_only_unfinished_members_and_a_bad_checkpoint_fails_alone(

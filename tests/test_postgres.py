@@ -26,21 +26,11 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.tracking.server import SERVER_ENV, LocalTrackingServer
+from test_sweep import TINY
 
 pytestmark = pytest.mark.slow
 
-SPEC = """name: {name}
-defaults:
-  dataset: digits
-  hidden: 32
-  train_size: 200
-  test_size: 100
-  probe_per_class: 5
-  epochs: 4
-  eval_every: 1
-  align_every: 2
-  data_dir: {data_dir}
-grid:
+SPEC = "name: {name}" + TINY + """grid:
   sigma: [0.01, 10.0]
 max_failures: 0
 """

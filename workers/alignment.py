@@ -20,6 +20,7 @@ the tests hold the two together.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -191,3 +192,24 @@ def representation_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         omega_from_gram(representation[rows] @ representation[rows].T)
         for rows in _class_rows(y, num_classes)
     ])
+
+
+def measure_alignment(model: nn.Module, data, loss: str, temperature: float
+                      ) -> tuple[dict[str, float], dict[str, list[float | None]]]:
+    """Every alignment metric of ``model`` on ``data``'s probes (a ``DeviceDataset``): gradient
+    and representation alignment on the training probe, representation alignment on the test
+    probe. Returns (metric -> mean over the defined classes, metric -> K per-class values with
+    None where undefined); a metric undefined for every class has no mean."""
+    per_class = gradient_alignment(
+        model, data.x_train[data.probe_train], data.y_train[data.probe_train],
+        data.num_classes, loss, temperature)
+    per_class[contract.ALIGN_REP_TEST] = representation_alignment(
+        model, data.x_test[data.probe_test], data.y_test[data.probe_test], data.num_classes)
+    means: dict[str, float] = {}
+    listed: dict[str, list[float | None]] = {}
+    for name, values in per_class.items():
+        mean = mean_over_classes(values)
+        if mean is not None:
+            means[name] = mean
+        listed[name] = [None if math.isnan(v) else float(v) for v in values.tolist()]
+    return means, listed

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from workers import contract
-from workers.alignment import gradient_alignment, mean_over_classes, representation_alignment
+from workers.alignment import measure_alignment
 from workers.checkpoint import STATE_FORMAT, check_state_fits
 from workers.config import TrialConfig, pack_key
 from workers.contract import STATUS_DIVERGED as DIVERGED
@@ -268,21 +268,8 @@ class PackedTrials:
         return self.template
 
     def _alignment(self, index: int) -> tuple[dict[str, float], dict[str, list[float | None]]]:
-        data, config = self.data, self.configs[self.keys[index]]
-        model = self._member_module(index)
-        per_class = gradient_alignment(
-            model, data.x_train[data.probe_train], data.y_train[data.probe_train],
-            data.num_classes, config.loss, config.temperature)
-        per_class[contract.ALIGN_REP_TEST] = representation_alignment(
-            model, data.x_test[data.probe_test], data.y_test[data.probe_test], data.num_classes)
-        means: dict[str, float] = {}
-        listed: dict[str, list[float | None]] = {}
-        for name, values in per_class.items():
-            mean = mean_over_classes(values)
-            if mean is not None:
-                means[name] = mean
-            listed[name] = [None if math.isnan(v) else float(v) for v in values.tolist()]
-        return means, listed
+        config = self.configs[self.keys[index]]
+        return measure_alignment(self._member_module(index), self.data, config.loss, config.temperature)
 
     def evaluate(self) -> PackEpoch:
         """Measure every member at the current epoch; a member with a non-finite train or test

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from workers import contract
-from workers.alignment import gradient_alignment, mean_over_classes, representation_alignment
+from workers.alignment import measure_alignment
 from workers.checkpoint import STATE_FORMAT, check_state_fits
 from workers.config import TrialConfig
 from workers.contract import STATUS_DIVERGED as DIVERGED
@@ -164,20 +164,7 @@ class Trial:
         }
 
     def _alignment(self) -> tuple[dict[str, float], dict[str, list[float | None]]]:
-        data, config = self.data, self.config
-        per_class = gradient_alignment(
-            self.model, data.x_train[data.probe_train], data.y_train[data.probe_train],
-            data.num_classes, config.loss, config.temperature)
-        per_class[contract.ALIGN_REP_TEST] = representation_alignment(
-            self.model, data.x_test[data.probe_test], data.y_test[data.probe_test], data.num_classes)
-        means: dict[str, float] = {}
-        listed: dict[str, list[float | None]] = {}
-        for name, values in per_class.items():
-            mean = mean_over_classes(values)
-            if mean is not None:
-                means[name] = mean
-            listed[name] = [None if math.isnan(v) else float(v) for v in values.tolist()]
-        return means, listed
+        return measure_alignment(self.model, self.data, self.config.loss, self.config.temperature)
 
     def evaluate(self) -> EpochRecord | None:
         """Measure the current epoch; None (and status diverged) if a loss is not finite."""
