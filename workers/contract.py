@@ -45,12 +45,15 @@ STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
 STATUS_DIVERGED = "diverged"    # a non-finite loss or weight: a result, never retried
 STATUS_FAILED = "failed"
-TRIAL_STATUSES = (STATUS_PENDING, STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED, STATUS_DIVERGED)
+STATUS_INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM on the driver: resumable, not failed
+TRIAL_STATUSES = (STATUS_PENDING, STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED, STATUS_DIVERGED,
+                  STATUS_INTERRUPTED)
 # The statuses whose numbers are results (a diverged trial's are, until the blow-up).
 RESULT_STATUSES = (STATUS_FINISHED, STATUS_DIVERGED)
 
 # MLflow's own run statuses, as its client spells them (a run's lifecycle, beside xmem's).
 RUN_SCHEDULED, RUN_RUNNING, RUN_FINISHED, RUN_FAILED = "SCHEDULED", "RUNNING", "FINISHED", "FAILED"
+RUN_KILLED = "KILLED"
 
 # --- MLflow tags -------------------------------------------------------------------------
 TAG_SWEEP = "xmem.sweep"
@@ -77,6 +80,14 @@ TAG_TRIAL_INDEX = "xmem.trial_index"  # the trial's place in the spec (0000, 000
 TAG_SYSTEM_METRICS_RUN = "xmem.system_metrics_run"  # the run holding the pack's system/* metrics
 TAG_STORAGE = "xmem.storage"          # on the parent run: the sweep's Tune storage
 TAG_SPEC_PATH = "xmem.spec_path"      # on the parent run: the spec file last run
+# One attempt lineage per run: an attempt that cannot continue a run's metric series (it starts
+# over, or from a checkpoint older than what the run holds) gets a new run, and the old run is
+# tagged with the new one's id; every reader skips runs carrying this tag.
+TAG_SUPERSEDED_BY = "xmem.superseded_by"
+TAG_ATTEMPT_PREFIX = "xmem.attempt."  # + attempt number: JSON of that attempt's version, commit, start epoch, host
+# On the parent run: the driver holding the sweep (one driver per sweep).
+TAG_LEASE_HOLDER = "xmem.lease.holder"    # JSON {"host", "pid", "token", "started"}
+TAG_LEASE_EXPIRES = "xmem.lease.expires"  # Unix seconds; the holder renews it while it runs
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"      # the description the MLflow UI shows
 TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
