@@ -68,7 +68,7 @@ def _spec(tmp_path: Path, sigmas: str, epochs: int) -> tuple[Path, str]:
 def _trial_runs(client: MlflowClient, name: str) -> list:
     experiment = client.get_experiment_by_name(name)
     return [run for run in client.search_runs([experiment.experiment_id])
-            if "mlflow.parentRunId" in run.data.tags]
+            if "mlflow.parentRunId" in run.data.tags and contract.TAG_SUPERSEDED_BY not in run.data.tags]
 
 
 def _steps(client: MlflowClient, run_id: str, key: str = contract.TRAIN_LOSS) -> list[int]:

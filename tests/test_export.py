@@ -36,7 +36,7 @@ def _invoke(*args: str):
 def _child_runs(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
     return [run for run in client.search_runs([experiment.experiment_id])
-            if "mlflow.parentRunId" in run.data.tags]
+            if "mlflow.parentRunId" in run.data.tags and contract.TAG_SUPERSEDED_BY not in run.data.tags]
 
 
 # --- a real sweep -----------------------------------------------------------------------------

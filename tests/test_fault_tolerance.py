@@ -58,7 +58,7 @@ def _runs(uri: str, name: str) -> dict[str, object]:
     if experiment is None:
         return {}
     return {r.data.tags["xmem.trial_id"]: r for r in client.search_runs([experiment.experiment_id])
-            if "xmem.trial_id" in r.data.tags}
+            if "xmem.trial_id" in r.data.tags and contract.TAG_SUPERSEDED_BY not in r.data.tags}
 
 
 def _steps(uri: str, run_id: str, key: str = contract.TRAIN_LOSS) -> list[int]:
@@ -172,8 +172,11 @@ def test_driver_killed_mid_sweep_then_rerun_finishes_without_rerunning_finished_
     runs = _runs(mlflow_server.uri, name)
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(name)
-    assert len([r for r in client.search_runs([experiment.experiment_id])
-                if "mlflow.parentRunId" in r.data.tags]) == 3          # one run per trial, ever
+    trial_runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    current = [r for r in trial_runs if contract.TAG_SUPERSEDED_BY not in r.data.tags]
+    assert len(current) == 3                                            # one current run per trial
+    # Any other run was superseded by a later attempt of the same trial (its series ends there).
+    assert {r.data.tags["xmem.trial_id"] for r in trial_runs} == set(runs)
     assert all(r.info.status == "FINISHED" and r.data.tags["xmem.status"] == "finished" for r in runs.values())
     for tid, (run_id, end_time) in before.items():
         assert runs[tid].info.run_id == run_id and runs[tid].info.end_time == end_time  # not rerun
@@ -238,7 +241,7 @@ def test_tracking_server_outage_mid_trial_loses_no_step(tmp_path, ray_cluster):
         sweep_done.set()
 
 
-def test_restart_failed_reruns_a_failed_trial_from_scratch_in_its_same_run(
+def test_restart_failed_reruns_a_failed_trial_from_scratch_in_a_run_that_supersedes_it(
         tmp_path, ray_cluster, mlflow_server):
     """Breaks: a worker killed with no retries left (the trial fails with a checkpoint)."""
     spec, name = _spec(tmp_path, "grid:\n  sigma: [1.0]\n", epochs=50, extra="max_failures: 0\n")
@@ -261,7 +264,12 @@ def test_restart_failed_reruns_a_failed_trial_from_scratch_in_its_same_run(
     assert resumed.exit_code == 0, resumed.output
     lines = resumed.output.splitlines()
     (run,) = _runs(mlflow_server.uri, name).values()
-    assert run.info.run_id == failed.info.run_id
+    # One attempt lineage per run: the failed attempt's series stays in its run, superseded.
+    assert run.info.run_id != failed.info.run_id
+    assert run.data.tags[contract.TAG_SUPERSEDES] == failed.info.run_id
+    old = MlflowClient(mlflow_server.uri).get_run(failed.info.run_id)
+    assert old.data.tags[contract.TAG_SUPERSEDED_BY] == run.info.run_id
+    assert old.info.status == "FAILED" and run.info.run_name == old.info.run_name
     assert run.info.status == "FINISHED" and run.data.tags["xmem.status"] == "finished"
     assert run.data.tags["xmem.start_epoch"] == "0"                # from scratch
     assert run.data.tags["xmem.attempts"] == "2"

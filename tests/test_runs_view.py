@@ -36,7 +36,8 @@ def test_browse_line_names_the_link_or_what_serves_it_first():
 
 def test_the_view_lists_trials_flat_in_spec_order_with_the_varying_keys_and_results():
     state = runs_view.trials_view_state(["sigma", "seed"], trial_count=10)
-    assert state["searchFilter"] == "tags.`xmem.role` = 'trial'"          # no parent run
+    # No parent run, no run superseded by a later attempt of its trial.
+    assert state["searchFilter"] == "tags.`xmem.role` = 'trial' AND tags.`xmem.superseded_by` IS NULL"
     # Any sort but the creation time shows child runs flat (the UI nests only under that one).
     assert state["orderByKey"] == "tags.`xmem.trial_index`" and state["orderByAsc"] is True
     assert state["selectedColumns"] == [

@@ -276,13 +276,15 @@ def test_restarted_worker_continues_the_same_run(mlflow_server, client, trial_ru
     for record in records[:2]:
         first.log_record(record)
     first.flush()
-    # The worker dies here; a new process makes a new logger on the same run.
+    # The worker dies here, after a checkpoint of epoch 1; a new process makes a new logger
+    # on the same run and resumes after epoch 1 (the run holds nothing beyond it).
     second = TrialRunLogger(mlflow_server.uri, run_id)
-    second.start({"xmem.device": "cpu"})
+    second.history = list(first.history)
+    second.start({"xmem.device": "cpu"}, start_epoch=1)
     second.log_record(records[2])
     second.finish("finished")
 
-    assert second.attempt == 2
+    assert second.attempt == 2 and second.run_id == run_id
     assert client.get_run(run_id).data.tags["xmem.attempts"] == "2"
     assert _history(client, run_id, contract.TRAIN_LOSS) == [(0, 2.0), (1, 1.5), (2, 1.0)]
 
@@ -304,7 +306,7 @@ def test_replayed_steps_are_not_logged_twice_and_unsent_restored_steps_are_sent(
 
     second = TrialRunLogger(mlflow_server.uri, run_id)
     second.history = checkpoint_history
-    second.start({})
+    second.start({}, start_epoch=2)
     assert {m.step for m in second.pending} == {2}   # restored, unsent: queued again
     second.log_record(records[1])                    # a replayed, already logged step
     second.finish("finished")

@@ -84,6 +84,8 @@ TAG_SPEC_PATH = "xmem.spec_path"      # on the parent run: the spec file last ru
 # over, or from a checkpoint older than what the run holds) gets a new run, and the old run is
 # tagged with the new one's id; every reader skips runs carrying this tag.
 TAG_SUPERSEDED_BY = "xmem.superseded_by"
+TAG_SUPERSEDES = "xmem.supersedes"  # on the new run: the run it replaces (set first, so a crash
+                                    # between the two writes still leaves one current run)
 TAG_ATTEMPT_PREFIX = "xmem.attempt."  # + attempt number: JSON of that attempt's version, commit, start epoch, host
 # On the parent run: the driver holding the sweep (one driver per sweep).
 TAG_LEASE_HOLDER = "xmem.lease.holder"    # JSON {"host", "pid", "token", "started"}

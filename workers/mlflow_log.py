@@ -43,24 +43,34 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, Metric, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from workers import contract
 from workers.config import TrialConfig
 from workers.contract import (ALIGNMENT_ARTIFACT, CONFIG_ARTIFACT, ERROR_ARTIFACT, HISTORY_ARTIFACT,
                               RESULT_STATUSES, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
-                              TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS,
-                              TAG_SYSTEM_METRICS_RUN, WEIGHTS_ARTIFACT)
+                              TAG_ATTEMPT_PREFIX, TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND,
+                              TAG_GIT_COMMIT, TAG_STATUS, TAG_SUPERSEDED_BY, TAG_SUPERSEDES,
+                              TAG_SYSTEM_METRICS_RUN, TAG_VERSION, WEIGHTS_ARTIFACT)
 from workers.env_defaults import env_defaults
+from workers.provenance import code_commit, code_version
 from workers.trial import EpochRecord
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     from workers.data.description import DatasetDescription
 
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's limit for one log_batch
+MAX_PARAMS_PER_REQUEST = 100    # ... and for params in one log_batch
+MAX_LINEAGE = 1000              # superseded runs followed at most (a cycle would be a bug)
+# What a superseding run copies of the run it replaces: xmem's tags (the trial's identity, its
+# place, its attempt records) and these of MLflow's, but not the old attempt's outcome.
+_COPIED_MLFLOW_TAGS = frozenset({contract.TAG_PARENT_RUN, contract.TAG_MLFLOW_GIT_COMMIT, contract.TAG_NOTE})
+_NOT_COPIED_TAGS = frozenset({TAG_STATUS, TAG_ERROR, TAG_ERROR_KIND, contract.TAG_SUPERSEDED_BY,
+                              contract.TAG_SUPERSEDES, TAG_SYSTEM_METRICS_RUN})
 
 # The MLflow client's settings for this module's calls, applied only around them (a value
 # the user set in the environment wins). MLflow's HTTP client retries 7 times with backoff
@@ -82,6 +92,7 @@ DATASET_SOURCE_TYPE = "local"
 # sample costs a few psutil/NVML reads, a get_run and a log_batch from a thread, nothing next
 # to an epoch. XMEM_SYSTEM_METRICS_INTERVAL_S overrides it; 0 turns system metrics off.
 SYSTEM_METRICS_INTERVAL_S = 10.0
+SYSTEM_METRIC_PREFIX = "system/"  # MLflow's system metrics; their step is a sample number
 
 _log = logging.getLogger(__name__)
 
@@ -109,38 +120,95 @@ class TrialRunLogger:
         self.logged_through: dict[str, int] = {}
         """metric name -> the last step earlier attempts logged (known after ``start``)."""
 
-    def start(self, tags: dict[str, str], dataset: "DatasetDescription | None" = None) -> None:
-        """Set the run RUNNING, tag it (``xmem.status`` running, ``tags``), count the attempt,
-        record ``dataset`` as its dataset input (again on a later attempt: MLflow keeps one),
-        and learn which steps earlier attempts already logged (``logged_through``).
+    def start(self, tags: dict[str, str], dataset: "DatasetDescription | None" = None,
+              start_epoch: int = -1) -> None:
+        """Open the attempt: find the trial's current run (``current_run``), move to a new run
+        when this attempt cannot continue its series (``start_epoch``), set it RUNNING, tag
+        it (``xmem.status`` running, this attempt's code version and commit, ``tags``),
+        count the attempt, record ``dataset`` as its dataset input (again on a later attempt:
+        MLflow keeps one), and learn which steps the run already holds (``logged_through``).
 
-        Call it after restoring ``history`` from a checkpoint: restored epochs the server
-        does not have yet are queued again."""
+        ``start_epoch``: the last epoch this attempt does not compute again, the restored
+        state's last evaluated epoch (-1: a start from scratch). One attempt lineage per
+        run: when the run holds an epoch's metric beyond it (a killed attempt went further
+        than the checkpoint this one resumes from, or this one starts over), the attempt
+        continues in a new run that supersedes the old one (``_supersede``), so no series
+        mixes the values of two attempts.
+
+        Call it after restoring ``history`` from a checkpoint: restored epochs the run does
+        not hold yet (a new run, or an attempt that died with its metrics queued) are queued.
+        """
         with client_env():
-            run = self.client.get_run(self.run_id)
+            run = self.current_run()
+            if _logged_beyond(run, start_epoch):
+                run = self._supersede(run)
             self.attempt = (contract.tag_int(run.data.tags, TAG_ATTEMPTS) or 0) + 1
-            # An attempt that resumes from a checkpoint (or restarts) replays epochs an earlier
-            # attempt may have logged already: each metric keeps exactly one value per step.
-            self.logged_through = {
-                key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
-                for key in run.data.metrics}
-            # Epochs restored from a checkpoint whose metrics never reached the server (it was
-            # away when the last attempt ended) are sent now.
+            # MLflow's latest value of a metric is the one at its highest step.
+            self.logged_through = {m.key: int(m.step) for m in run.data.to_proto().metrics}
             timestamp_ms = int(time.time() * 1000)
             self.pending = [Metric(key, float(value), timestamp_ms, row[contract.EPOCH])
                             for row in self.history for key, value in row.items()
                             if key != contract.EPOCH and row[contract.EPOCH] > self.logged_through.get(key, -1)]
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            tags = {**tags, TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
+            tags = {**tags, **attempt_tags(self.attempt, start_epoch),
+                    TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             if dataset is not None:
                 self.client.log_inputs(self.run_id, datasets=[dataset_input(dataset)])
 
-    def ended_with(self) -> str | None:
-        """The run's result status (finished or diverged) when it already ended with one (an
-        earlier attempt of its pack finished it); None while there is work left."""
+    def current_run(self) -> "Run":
+        """The trial's current run, which ``run_id`` becomes: the run given, or the newest run
+        of its lineage when later attempts superseded it (``xmem.superseded_by``, or a run
+        that names it in ``xmem.supersedes`` because its attempt died between the two writes
+        of ``_supersede``: the missing tag is written now)."""
         with client_env():
             run = self.client.get_run(self.run_id)
+            for _ in range(MAX_LINEAGE):
+                successor = run.data.tags.get(TAG_SUPERSEDED_BY) or self._unmarked_successor(run)
+                if not successor:
+                    break
+                run = self.client.get_run(successor)
+            self.run_id = run.info.run_id
+            return run
+
+    def _unmarked_successor(self, run: "Run") -> str | None:
+        """A run that supersedes ``run`` when ``run`` does not say so yet (and it says so now)."""
+        found = self.client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`{TAG_SUPERSEDES}` = '{run.info.run_id}'",
+            max_results=1)
+        if not found:
+            return None
+        successor = found[0].info.run_id
+        self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, successor)
+        return successor
+
+    def _supersede(self, old: "Run") -> "Run":
+        """A new run for the trial with ``old``'s name, params and identifying tags (and its
+        start time: the trial's lineage started then), marked as superseding ``old``; then
+        ``old`` is tagged as superseded and, if it never ended, ended KILLED. Readers skip
+        superseded runs. The new run holds no metrics: ``start`` sends the restored history."""
+        tags = {key: value for key, value in old.data.tags.items()
+                if (key.startswith("xmem.") or key in _COPIED_MLFLOW_TAGS) and key not in _NOT_COPIED_TAGS}
+        new = self.client.create_run(old.info.experiment_id, start_time=old.info.start_time,
+                                     run_name=old.info.run_name,
+                                     tags={**tags, TAG_SUPERSEDES: old.info.run_id})
+        new_id = new.info.run_id
+        params = [Param(k, v) for k, v in old.data.params.items()]
+        for start in range(0, len(params), MAX_PARAMS_PER_REQUEST):
+            self.client.log_batch(new_id, params=params[start:start + MAX_PARAMS_PER_REQUEST])
+        self.client.set_tag(old.info.run_id, TAG_SUPERSEDED_BY, new_id)
+        if old.info.status in (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED)):
+            self.client.set_terminated(old.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        _log.info("run %s superseded by %s: the new attempt cannot continue its series",
+                  old.info.run_id, new_id)
+        self.run_id = new_id
+        return self.client.get_run(new_id)
+
+    def ended_with(self) -> str | None:
+        """The run's result status (finished or diverged) when it already ended with one (an
+        earlier attempt of its pack finished it); None while there is work left. Follows the
+        trial's lineage to its current run (``current_run``)."""
+        run = self.current_run()
         status = run.data.tags.get(TAG_STATUS)
         if run.info.status == RunStatus.to_string(RunStatus.FINISHED) and status in RESULT_STATUSES:
             return status
@@ -222,6 +290,26 @@ class TrialRunLogger:
         with client_env():
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(run_status))
+
+
+def attempt_tags(attempt: int, start_epoch: int) -> dict[str, str]:
+    """The code that runs this attempt, on the run: ``xmem.version`` and ``xmem.git_commit``
+    (the latest attempt's) and ``xmem.attempt.<n>`` (JSON: version, commit, the epoch it
+    started after, when), which a superseding run copies: every attempt stays on record."""
+    commit = code_commit()
+    record = {"version": code_version(), "git_commit": commit, "start_epoch": start_epoch,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tags = {TAG_VERSION: code_version(), f"{TAG_ATTEMPT_PREFIX}{attempt}": json.dumps(record)}
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    return tags
+
+
+def _logged_beyond(run: "Run", epoch: int) -> bool:
+    """Whether ``run`` holds an epoch metric at a step after ``epoch`` (``system/`` metrics
+    count samples, not epochs, and are left out)."""
+    return any(int(m.step) > epoch for m in run.data.to_proto().metrics
+               if not m.key.startswith(SYSTEM_METRIC_PREFIX))
 
 
 def dataset_input(description: "DatasetDescription") -> DatasetInput:

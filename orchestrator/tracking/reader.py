@@ -19,7 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator.tracking import runs_view
 from orchestrator.tracking.records import TrialRecord
-from workers.contract import ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID
+from workers.contract import (ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, TAG_ROLE, TAG_SUPERSEDED_BY,
+                              TAG_SUPERSEDES, TAG_SWEEP, TAG_TRIAL_ID)
 from workers.env_defaults import env_defaults
 from workers.errors import XmemError
 
@@ -154,8 +155,10 @@ class SweepReader:
         return self._search(f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'", order_by=["start_time ASC"])
 
     def _trial_run_list(self) -> list[Run]:
-        return [run for run in self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
-                if TAG_TRIAL_ID in run.data.tags]
+        """The sweep's current trial runs: one per trial id, superseded runs left out
+        (``current_runs``)."""
+        return current_runs([run for run in self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+                             if TAG_TRIAL_ID in run.data.tags])
 
     def _search(self, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
         runs: list[Run] = []
@@ -169,6 +172,15 @@ class SweepReader:
             token = page.token
             if not token:
                 return runs
+
+
+def current_runs(runs: list[Run]) -> list[Run]:
+    """``runs`` less those a later attempt of their trial superseded: tagged
+    ``xmem.superseded_by``, or named by another run's ``xmem.supersedes`` (its attempt died
+    between the two writes). Each run then holds one attempt lineage (``workers.mlflow_log``)."""
+    replaced = {run.data.tags[TAG_SUPERSEDES] for run in runs if TAG_SUPERSEDES in run.data.tags}
+    return [run for run in runs
+            if TAG_SUPERSEDED_BY not in run.data.tags and run.info.run_id not in replaced]
 
 
 def _trial_record(run: Run) -> TrialRecord:

@@ -58,7 +58,10 @@ def trials_view_state(varying_keys: Iterable[str], trial_count: int) -> dict:
              + [("metrics", name) for name in TABLE_METRICS] + [("attributes", "Dataset")])
     columns = [column(kind, key) for kind, key in kinds]
     return {
-        "searchFilter": f"tags.`{contract.TAG_ROLE}` = '{contract.ROLE_TRIAL}'",
+        # Runs superseded by a later attempt of their trial are not the trial's (readers skip
+        # them too); they stay in the experiment, found by clearing the filter.
+        "searchFilter": (f"tags.`{contract.TAG_ROLE}` = '{contract.ROLE_TRIAL}' "
+                         f"AND tags.`{contract.TAG_SUPERSEDED_BY}` IS NULL"),
         "orderByKey": column("tags", contract.TAG_TRIAL_INDEX),
         "orderByAsc": True,
         "selectedColumns": columns,

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import yaml
@@ -44,6 +42,7 @@ from workers.contract import (ERROR_ARTIFACT, ERROR_CRASH, ERROR_SUMMARY_LENGTH,
                               TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_TRIAL_INDEX,
                               TAG_VERSION)
 from workers.env_defaults import env_defaults
+from workers.provenance import code_commit
 from workers.errors import XmemError, first_line
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
@@ -138,7 +137,7 @@ class SweepTracker(SweepReader):
         """
         experiment_id = self._experiment_or_create()
         existing = {run.data.tags[TAG_TRIAL_ID]: run for run in self._trial_run_list()}
-        commit = git_commit(Path(workers.__file__).resolve().parent)
+        commit = code_commit()
         run_ids: dict[str, str] = {}
         for trial in trials:
             params = config_params(trial.config)
@@ -249,14 +248,3 @@ def _view_envelope(value: str | None) -> dict:
     except ValueError:
         return {}
     return envelope if isinstance(envelope, dict) else {}
-
-
-def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the repository holding ``cwd``; None when unknown."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
