@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import packing
 from orchestrator.expand import TrialPoint, expand_trials, shown_keys
-from orchestrator.plan import SweepPlan, plan_sweep
+from orchestrator.plan import SweepPlan, ended_with_result, plan_sweep
 from orchestrator.progress import (RESULTS_TABLE_METRICS, SweepProgress, closing_advice,
                                    format_results_table, format_trial_table)
 from orchestrator.settings import SweepSettings, local_mlflow_root, resolve_settings
@@ -129,6 +129,7 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
                                       echo, live)
         timings["trials_s"] = time.perf_counter() - trials_started
         runs = _reconcile(tracker, errors)
+        _prune_checkpoints(tracker, runs, settings, spec, echo)
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
         done = all(row["status"] in RESULT_STATUSES for row in rows)
         tracker.finish_parent_run(RUN_FINISHED if done else RUN_FAILED)
@@ -213,20 +214,25 @@ def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list
           ) -> tuple[SweepPlan, dict[str, str], dict[str, int]]:
     """The experiment, the parent run, the resume plan, and a run per trial to run:
     (the plan, trial id -> run id, trial id -> the epoch it resumes from)."""
-    from orchestrator.checkpoints import delete_checkpoints, latest_checkpoint_epochs
+    from orchestrator.checkpoints import delete_checkpoints, resume_candidates, scan_checkpoints
 
+    # First: an unreadable storage (expired credentials, a stale mount) stops the sweep here,
+    # before any trial restarts or any checkpoint is deleted.
+    found = scan_checkpoints(settings.storage, spec.name)
     tracker.ensure_experiment(spec.description)
     parent_run_id = tracker.start_parent_run(spec.raw, len(trials))
     tracker.tag_parent_run({TAG_STORAGE: settings.storage,
                             TAG_SPEC_PATH: str(Path(spec_path).resolve())})
-    latest = latest_checkpoint_epochs(settings.storage, spec.name)
-    plan = plan_sweep(trials, tracker.trial_runs(),
-                      {tid: path for tid, (_, path) in latest.items()}, restart_failed)
+    runs = tracker.trial_runs()
+    # Hashes are checked only for trials that may resume (a finished one needs no checkpoint).
+    unfinished = {t.trial_id for t in trials if not ended_with_result(runs.get(t.trial_id))}
+    checkpoints = resume_candidates(found, tracker.run_ids_by_trial(), unfinished, settings.storage)
+    plan = plan_sweep(trials, runs, checkpoints, restart_failed)
     for line in plan.describe():
         echo(line)
     if plan.restarting:
         delete_checkpoints(settings.storage, spec.name, plan.restarting)  # they start over
-    start_epochs = {tid: latest[tid][0] for tid in plan.checkpoints}
+    start_epochs = plan.start_epochs
     positions = {trial.trial_id: position for position, trial in enumerate(trials)}
     run_ids = tracker.create_trial_runs(plan.to_run, parent_run_id, positions)
     tracker.publish_trials_view([trial.trial_id for trial in trials], shown_keys(trials))
@@ -254,7 +260,8 @@ def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str],
     payloads = [PackPayload(pack_id=p.pack_id, name=p.name, members=[
         TrialPayload(trial=worker_config(t.config).to_dict(), trial_id=t.trial_id, name=t.name,
                      run_id=run_ids[t.trial_id], tracking_uri=uri,
-                     resume_from=plan.checkpoints.get(t.trial_id)).to_dict()
+                     resume_from=plan.checkpoints.get(t.trial_id),
+                     resume_fallbacks=plan.fallbacks.get(t.trial_id, [])).to_dict()
         for t in p.members]) for p in packs]
     progress = SweepProgress({t.trial_id: t.config.epochs for t in plan.to_run}, echo=echo,
                              live=live)
@@ -265,6 +272,25 @@ def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str],
         session=time.strftime("%Y%m%d-%H%M%S"))
     progress.close()
     return ran.errors, ran.interrupted
+
+
+def _prune_checkpoints(tracker: "SweepTracker", runs: dict[str, TrialRecord],
+                       settings: SweepSettings, spec: SweepSpec, echo: Callable[[str], None]) -> None:
+    """Once the trials ended (or were interrupted), remove the checkpoints no run needs
+    (``orchestrator.checkpoints.prune_checkpoints``). Housekeeping: a failure is reported, and
+    the sweep's results stand."""
+    from orchestrator.checkpoints import prune_checkpoints
+    from workers.errors import XmemError
+
+    try:
+        ended = {tid for tid, run in runs.items() if ended_with_result(run)}
+        pruned = prune_checkpoints(settings.storage, spec.name, tracker.run_ids_by_trial(), ended)
+    except XmemError as error:
+        echo(f"warning: old checkpoints were not pruned: {str(error).splitlines()[0]}")
+        return
+    if pruned.removed:
+        echo(f"checkpoints: removed {count(pruned.removed, 'checkpoint')} no run needs "
+             f"(kept {pruned.kept}: at most 2 per unfinished trial)")
 
 
 def _packing_line(spec: SweepSpec, sizing: "packing.PackSizing", trials: list[TrialPoint]) -> str:

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from orchestrator.checkpoints import latest_checkpoints
+from orchestrator.checkpoints import FoundCheckpoint, TrialCheckpoints, latest_checkpoints
 from orchestrator.expand import TrialPoint, trial_id
 from orchestrator.plan import Action, TrialState, decide, plan_sweep
 from orchestrator.tracking.records import TrialRecord
+from workers.checkpoint import CheckpointInfo
 from workers.config import TrialConfig
 
 
@@ -46,6 +47,11 @@ def _point(sigma: float) -> TrialPoint:
     return TrialPoint(trial_id(config), f"sigma{sigma:g}", config, {"sigma": sigma})
 
 
+def _checkpoints(trial: TrialPoint, path: str, epoch: int = 3) -> dict[str, TrialCheckpoints]:
+    found = FoundCheckpoint(CheckpointInfo(trial.trial_id, epoch, "run"), path, path, 100)
+    return {trial.trial_id: TrialCheckpoints(trial.trial_id, (found,))}
+
+
 def _run(name: str, status: str, xmem_status: str | None):
     tags = {} if xmem_status is None else {"xmem.status": xmem_status}
     return TrialRecord(run_id=f"run-{name}", name=name, trial_id="", run_status=status, tags=tags,
@@ -55,7 +61,7 @@ def _run(name: str, status: str, xmem_status: str | None):
 def test_plan_restarts_failed_runs_when_asked_and_drops_their_checkpoints():
     failed = _point(1.0)
     runs = {failed.trial_id: _run("sigma1", "FAILED", "failed")}
-    plan = plan_sweep([failed], runs, {failed.trial_id: "/c/3"}, restart_failed=True)
+    plan = plan_sweep([failed], runs, _checkpoints(failed, "/c/3"), restart_failed=True)
     assert plan.actions == {failed.trial_id: Action.RESTART}
     assert plan.checkpoints == {} and plan.restarting == {failed.trial_id}
     assert "0 resumed from checkpoints, 1 restarted" in "\n".join(plan.describe())
@@ -66,11 +72,12 @@ def test_plan_keeps_finished_resumes_interrupted_runs_new_and_reports_stale_runs
     runs = {done.trial_id: _run("sigma0.1", "FINISHED", "finished"),
             interrupted.trial_id: _run("sigma1", "RUNNING", "running"),
             "0123456789ab": _run("old-defaults", "FINISHED", "finished")}
-    plan = plan_sweep([done, interrupted, new], runs, {interrupted.trial_id: "/c/3"}, False)
+    plan = plan_sweep([done, interrupted, new], runs, _checkpoints(interrupted, "/c/3"), False)
     assert plan.actions == {done.trial_id: Action.SKIP, interrupted.trial_id: Action.RESUME,
                             new.trial_id: Action.NEW}
     assert [t.trial_id for t in plan.to_run] == [interrupted.trial_id, new.trial_id]
     assert plan.checkpoints == {interrupted.trial_id: "/c/3"}
+    assert plan.start_epochs == {interrupted.trial_id: 3}
     assert plan.stale_runs == ["old-defaults"]
     text = "\n".join(plan.describe())
     assert "1 finished (kept), 1 resumed from checkpoints, 0 restarted, 1 new" in text
@@ -82,6 +89,7 @@ def test_latest_checkpoint_is_the_highest_epoch_across_sessions(tmp_path):
         folder = tmp_path / "sw" / trial_dir / checkpoint
         folder.mkdir(parents=True)
         (folder / "xmem_checkpoint.json").write_text(json.dumps({"trial_id": trial, "epoch": epoch}))
+        (folder / "trial_state.pt").write_bytes(b"state")
 
     write("a-aaa-s1", "checkpoint_000000", "aaa", 5)
     write("a-aaa-s1", "checkpoint_000001", "aaa", 10)
@@ -115,6 +123,7 @@ def test_delete_checkpoints_removes_only_the_restarted_trials(tmp_path):
         folder = tmp_path / "sw" / trial_dir / "checkpoint_000000"
         folder.mkdir(parents=True)
         (folder / "xmem_checkpoint.json").write_text(json.dumps({"trial_id": trial, "epoch": 5}))
+        (folder / "trial_state.pt").write_bytes(b"state")
     assert delete_checkpoints(str(tmp_path), "sw", {"aaa"}) == 2
     assert set(latest_checkpoints(str(tmp_path), "sw")) == {"bbb"}
 

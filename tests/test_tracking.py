@@ -5,6 +5,7 @@ TrialRunLogger, and the local server's start-up errors. Results are read back wi
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import uuid
@@ -322,6 +323,56 @@ def test_only_transient_server_errors_are_waited_out():
     assert mlflow_log.is_transient(MlflowException("try later", error_code=TEMPORARILY_UNAVAILABLE))
     assert not mlflow_log.is_transient(MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST))
     assert not mlflow_log.is_transient(ValueError("bad value"))
+
+
+def test_a_server_away_is_transient_and_a_local_disk_error_is_not(tmp_path, monkeypatch):
+    """What MLflow really raises with no server on the port is waited out; a full disk, a
+    denied or a read-only folder on the worker's side are not (waiting cures none of them)."""
+    import errno
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:       # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(Exception) as away:
+        MlflowClient(f"http://127.0.0.1:{port}").get_run("0" * 32)
+    assert mlflow_log.is_transient(away.value), repr(away.value)
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "w") as stream:   # ENOSPC, for real
+            stream.write("x" * 100_000)
+    assert full.value.errno == errno.ENOSPC and not mlflow_log.is_transient(full.value)
+    for code in (errno.EACCES, errno.EROFS):
+        assert not mlflow_log.is_transient(OSError(code, os.strerror(code), str(tmp_path)))
+    try:
+        try:
+            raise full.value
+        except OSError as local:
+            raise MlflowException("could not write the artifact") from local
+    except MlflowException as wrapped:
+        assert not mlflow_log.is_transient(wrapped)
+
+
+def test_a_worker_fails_at_once_on_a_full_disk_instead_of_waiting(monkeypatch):
+    """The worker's patient tracking re-raises a local disk error at once; before, it was taken
+    for a server outage and waited on (here 3 s, by default 600 s)."""
+    import errno
+    import time
+
+    from workers.tune_trial import _PatientTracking
+
+    monkeypatch.setenv("XMEM_TRACKING_WAIT_S", "3")
+    tracking = _PatientTracking(TrialRunLogger("http://127.0.0.1:9", "0" * 32))
+
+    def write_artifact():
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/xmem-artifacts/history.parquet")
+
+    started = time.monotonic()
+    with pytest.raises(OSError, match="No space left"):
+        tracking.call(write_artifact)
+    assert time.monotonic() - started < 1.0
 
 
 def test_final_artifacts_hold_config_history_alignment_and_weights(

@@ -8,7 +8,7 @@ Plain Python, imports nothing heavy: the driver's dry run and the reports load i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 # --- metric names (MLflow metric keys, history columns, ``xmem trial --out`` fields) -------
@@ -151,6 +151,9 @@ class TrialPayload:
     tracking_uri: str
     resume_from: str | None = None
     """A checkpoint folder (local path or URI) an earlier session of the sweep left."""
+    resume_fallbacks: list[str] = field(default_factory=list)
+    """Older complete checkpoints of the trial, newest first: tried in order when
+    ``resume_from`` cannot be loaded (a torn or corrupt copy)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,9 +29,12 @@ identical in key, step, timestamp and value.
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -462,12 +465,55 @@ _PERMANENT_ERROR_CODES = frozenset({
     "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS", "INVALID_REQUEST"})
 
 
+# OSErrors of talking to a server over the network (beyond the ConnectionError family).
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                             errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                             errno.ENETDOWN, errno.EHOSTDOWN, errno.EPIPE})
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether an error talking to the server may pass by itself (worth waiting and retrying):
-    refused connections, time-outs, 5xx answers; not a missing run or a rejected request."""
+    refused or reset connections, time-outs, unknown hosts, 5xx answers. Not a missing run or
+    a rejected request, and not a local OSError (a full disk, a denied or read-only folder
+    while writing an artifact): waiting cures none of those.
+
+    With the server away, MLflow raises an ``MlflowException`` (INTERNAL_ERROR, "API request
+    ... failed with exception ... Max retries exceeded") whose causes hold requests'
+    ``ConnectionError`` and the socket's ``ConnectionRefusedError``; a local OSError is raised
+    as itself (``open`` of the file to upload), or may be wrapped: the nearest OSError in the
+    chain of causes decides.
+    """
     if isinstance(error, MlflowException):
-        return error.error_code not in _PERMANENT_ERROR_CODES
-    return isinstance(error, (ConnectionError, TimeoutError, OSError))
+        if error.error_code in _PERMANENT_ERROR_CODES:
+            return False
+        # The OSError nearest in the chain decides: none for a 5xx answer, requests' for a
+        # server away, a wrapped local one (a full disk) makes the error local.
+        first = next((cause for cause in _causes(error) if isinstance(cause, OSError)), None)
+        return first is None or _network_error(first)
+    return _network_error(error)
+
+
+def _network_error(error: BaseException) -> bool:
+    """An error of the connection to a server (requests', urllib3's or the socket's)."""
+    import requests
+    import urllib3
+
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                          requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError,
+                          http.client.HTTPException, ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    return isinstance(error, OSError) and error.errno in _NETWORK_ERRNOS
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error``'s chain of causes (``__cause__``, else ``__context__``), itself excluded."""
+    chain, seen = [], {id(error)}
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        chain.append(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return chain
 
 
 def alignment_rows(record: EpochRecord) -> list[dict[str, Any]]:

@@ -340,7 +340,8 @@ class PackedTrials:
 
     # --- state (per member, in Trial.state_dict()'s format) -----------------------------
     def member_state(self, key: str) -> dict[str, Any]:
-        """A running member's state, exactly as ``Trial.state_dict()`` lays it out (CPU tensors)."""
+        """A running member's state, exactly as ``Trial.state_dict()`` lays it out (CPU tensors;
+        W1(0) is left out: the member's seed rebuilds it)."""
         i = self.keys.index(key)
         config = self.configs[key]
         stepped = self.stepped[i] and config.momentum != 0.0
@@ -355,7 +356,6 @@ class PackedTrials:
             "model": {n: self._exported(n, self.params[n][i]) for n in self.names},
             "optimizer": {"lr": config.lr, "momentum": config.momentum,
                           "buffers": [self._exported(n, self.buffers[n][i]) for n in self.names] if stepped else None},
-            "initial_hidden": self._exported("hidden.weight", self.initial_hidden[i]),
             "shuffle_generator": self.generators[i].get_state(),
         }
 
@@ -382,7 +382,8 @@ class PackedTrials:
             buffers = state["optimizer"]["buffers"]
             for n, j in zip(self.names, range(len(self.names))):
                 self.buffers[n][i] = 0.0 if buffers is None else self._stored(n, buffers[j]).to(self.device)
-            self.initial_hidden[i] = self._stored("hidden.weight", state["initial_hidden"]).to(self.device)
+            if "initial_hidden" in state:  # older states; newer ones leave W1(0) to the seed
+                self.initial_hidden[i] = self._stored("hidden.weight", state["initial_hidden"]).to(self.device)
         self.generators[i].set_state(state["shuffle_generator"])
         self.stepped[i] = state["epoch"] > 0
         self.best_test_acc[i] = state["best_test_acc"]

@@ -213,7 +213,8 @@ class Trial:
 
     # --- state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically (tensors on the CPU)."""
+        """Everything needed to continue bit-identically (tensors on the CPU), except what the
+        config rebuilds: W1(0) comes from the seed, so a state is about half the size."""
         def to_cpu(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
                 return value.detach().cpu()
@@ -233,7 +234,8 @@ class Trial:
             "train_seconds": self.train_seconds,
             "model": to_cpu(self.model.state_dict()),
             "optimizer": to_cpu(self.optimizer.state_dict()),
-            "initial_hidden": self.initial_hidden.cpu(),
+            # No "initial_hidden": W1(0) is the seed's (``build_model`` draws it on the CPU,
+            # alike on every device), and the config check on load guarantees the same seed.
             "shuffle_generator": self.shuffle_generator.get_state(),
         }
 
@@ -242,7 +244,8 @@ class Trial:
         check_state_fits(state, self.config)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.initial_hidden = state["initial_hidden"].to(self.device)
+        if "initial_hidden" in state:  # states written before it was regenerated from the seed
+            self.initial_hidden = state["initial_hidden"].to(self.device)
         self.shuffle_generator.set_state(state["shuffle_generator"])
         self.epoch = state["epoch"]
         self.last_evaluated_epoch = state["last_evaluated_epoch"]

@@ -6,9 +6,12 @@ trial alone. What one call does, in order:
 1. rebuild each member's ``TrialConfig``; run on CUDA only when Ray gave this trial a GPU;
 2. leave out members whose run already ended with a result (an earlier attempt of this pack
    finished them before it crashed);
-3. restore each member's latest checkpoint when there is one: Tune's own (an automatic retry;
-   one folder per member) or the one the driver found in storage (a resumed sweep); otherwise
-   start at epoch 0. A member whose checkpoint does not fit fails alone (a user error);
+3. restore each member's newest loadable checkpoint: Tune's own (an automatic retry; one
+   folder per member) and the older ones of the same pack folder, then those the driver found
+   in storage (a resumed sweep: ``resume_from``, then ``resume_fallbacks``). A torn or corrupt
+   checkpoint is passed over with a warning; a member with none loadable starts at epoch 0.
+   The members of a pack resume from one epoch. A member whose checkpoint does not fit fails
+   alone (a user error);
 4. continue each member's MLflow run (created by the driver) through ``workers.mlflow_log``;
    steps an earlier attempt already logged are not logged again. Each run records the pack's
    dataset (described once: the members share the data); the pack's system metrics go to
@@ -29,7 +32,9 @@ fails (to be resumed later) only when the server stays away longer than
 
 from __future__ import annotations
 
+import logging
 import os
+import posixpath
 import shutil
 import socket
 import tempfile
@@ -38,12 +43,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 
-from workers.checkpoint import (TrialCheckpoint, check_state_fits, load_checkpoint,
-                                load_pack_checkpoint, save_pack_checkpoint)
+from workers.checkpoint import (DamagedCheckpoint, TrialCheckpoint, check_state_fits,
+                                load_checkpoint, save_pack_checkpoint)
 from workers.config import TrialConfig
 from workers.contract import (ERROR_CRASH, ERROR_USER, REPORT_EPOCH, REPORT_MEMBERS, REPORT_STATUS,
                               STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, TAG_ATTEMPT_SECONDS,
@@ -66,6 +72,9 @@ TRACKING_RETRY_PAUSE_S = 2.0
 SCRATCH_PREFIX = "xmem-ckpt-"
 # Tune hears of progress at most this often (and at every checkpoint and the end).
 SECONDS_BETWEEN_REPORTS = 2.0
+CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial's storage folder
+
+_log = logging.getLogger("xmem.worker")
 
 
 def tracking_wait_seconds() -> float:
@@ -111,21 +120,102 @@ class _CheckpointClock:
         self.count += 1
 
 
-def _restore_checkpoints(members: list[TrialPayload]) -> dict[str, TrialCheckpoint]:
-    """Each member's checkpoint to continue from: Tune's (an automatic retry of this pack)
-    when there is one, else what the driver found in storage (``resume_from``)."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            return load_pack_checkpoint(folder, [m.trial_id for m in members])
-    return {m.trial_id: load_checkpoint_at(m.resume_from, m.trial_id)
-            for m in members if m.resume_from}
+def _restore_checkpoints(members: list[TrialPayload],
+                         own: tune.Checkpoint | None = None) -> dict[str, TrialCheckpoint]:
+    """Each member's checkpoint to continue from (members with none are left out).
+
+    Each member tries, newest first: Tune's own checkpoint ``own`` (default
+    ``tune.get_checkpoint()``: an automatic retry of this pack) and the older ones in the same
+    pack folder, then what the driver found in storage (``resume_from``, ``resume_fallbacks``).
+    A torn or corrupt one (``DamagedCheckpoint``) is passed over with a warning. The members
+    of a pack train in lockstep, so they resume from one epoch: a member whose newest loadable
+    checkpoint is newer than another's goes back to its checkpoint at that epoch (when it has
+    none there, the pack goes further back, down to epoch 0).
+    """
+    own = tune.get_checkpoint() if own is None else own
+    candidates = {m.trial_id: _Candidates(m.trial_id, _locations(m, own)) for m in members}
+    bound: int | None = None
+    while True:
+        chosen = {tid: c.newest_at_most(bound) for tid, c in candidates.items()}
+        epochs = {0 if saved is None else saved.epoch for saved in chosen.values()}
+        if len(epochs) <= 1:
+            break
+        bound = min(epochs)
+        _log.warning("xmem: the pack's members resume from one epoch: going back to epoch %d "
+                     "(the newest loadable checkpoints are at epochs %s)", bound, sorted(epochs))
+    for tid, c in candidates.items():
+        if chosen[tid] is None and c.tried:
+            _log.warning("xmem: trial %s has no loadable checkpoint (%d tried): it starts over "
+                         "from epoch 0", tid, c.tried)
+    return {tid: saved for tid, saved in chosen.items() if saved is not None}
 
 
-def load_checkpoint_at(location: str, trial_id: str) -> TrialCheckpoint:
-    """A member's checkpoint folder, local or remote (``s3://...``)."""
-    with tune.Checkpoint(location).as_directory() as folder:
+class _Candidates:
+    """One member's checkpoints to try, newest first, loaded one at a time."""
+
+    def __init__(self, trial_id: str, locations: list[tune.Checkpoint]):
+        self.trial_id = trial_id
+        self.pending = list(locations)
+        self.current: TrialCheckpoint | None = None
+        self.tried = 0
+
+    def newest_at_most(self, epoch: int | None) -> TrialCheckpoint | None:
+        """The newest loadable checkpoint at or below ``epoch`` (None: any epoch)."""
+        if self.current is not None and (epoch is None or self.current.epoch <= epoch):
+            return self.current
+        self.current = None
+        while self.pending:
+            location = self.pending.pop(0)
+            try:
+                saved = _load_member(location, self.trial_id)
+            except DamagedCheckpoint as error:
+                self.tried += 1
+                _log.warning("xmem: trial %s: %s; trying an older checkpoint", self.trial_id, error)
+                continue
+            if saved is None:
+                continue  # the member has no folder there
+            self.tried += 1
+            if epoch is None or saved.epoch <= epoch:
+                self.current = saved
+                return saved
+        return None
+
+
+def _locations(member: TrialPayload, own: tune.Checkpoint | None) -> list[tune.Checkpoint]:
+    """Where ``member``'s checkpoints may be, newest first (see ``_restore_checkpoints``)."""
+    found = []
+    if own is not None:
+        for pack_checkpoint in [own, *_older_in_pack(own)]:
+            found.append(tune.Checkpoint(posixpath.join(pack_checkpoint.path, member.trial_id),
+                                         pack_checkpoint.filesystem))
+    for location in [member.resume_from, *member.resume_fallbacks]:
+        if location:
+            found.append(tune.Checkpoint(location))
+    return found
+
+
+def _older_in_pack(own: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The pack's checkpoints older than ``own`` in its storage folder, newest first (Tune
+    keeps two: when its newest copy is torn, the one before it is whole)."""
+    parent, name = posixpath.split(own.path.rstrip("/"))
+    entries = own.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    older = sorted((e.path for e in entries if e.type == pafs.FileType.Directory
+                    and posixpath.basename(e.path).startswith(CHECKPOINT_PREFIX)
+                    and posixpath.basename(e.path) < name), reverse=True)
+    return [tune.Checkpoint(path, own.filesystem) for path in older]
+
+
+def _load_member(location: tune.Checkpoint, trial_id: str) -> TrialCheckpoint | None:
+    """The checkpoint in ``location``; None when the folder does not exist.
+
+    Raises:
+        DamagedCheckpoint: a torn or corrupt copy.
+    """
+    if location.filesystem.get_file_info(location.path).type == pafs.FileType.NotFound:
+        return None
+    with location.as_directory() as folder:
         return load_checkpoint(folder, trial_id)
+
 
 
 class TrackingServerAway(RuntimeError):

@@ -88,6 +88,20 @@ class SweepReader:
         """trial_id -> its run as plain data (active runs only), from one paginated search."""
         return {run.data.tags[TAG_TRIAL_ID]: _trial_record(run) for run in self._trial_run_list()}
 
+    def run_ids_by_trial(self) -> dict[str, set[str]]:
+        """trial id -> the ids of every active run of that trial: its current run and any
+        older attempt's that still exists, whatever its other tags (a superseded run too).
+        A checkpoint counts only while its run is one of these (``orchestrator.checkpoints``).
+        """
+        found: dict[str, set[str]] = {}
+        with read_client_env(), server_errors(self.tracking_uri):
+            runs = self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+        for run in runs:
+            trial = run.data.tags.get(TAG_TRIAL_ID)
+            if trial:
+                found.setdefault(trial, set()).add(run.info.run_id)
+        return found
+
     def trial_records(self) -> list[TrialRecord]:
         """Every trial run of the sweep, in the order the runs were created (the spec's).
 
