@@ -61,7 +61,8 @@ def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlfl
         assert table.schema.field(metric).type == pa.float64(), metric
     assert set(table.column_names) == (set(tables.TRIAL_COLUMNS) | {"attempts", "epochs_done"}
                                        | set(TrialConfig.keys()) | metric_names
-                                       | {f"{m}@epoch" for m in metric_names}
+                                       | {f"{m}@epoch" for m in metric_names
+                                          if not m.startswith("system/")}
                                        | {"stale_metrics"})
 
     for row in table.to_pylist():
@@ -79,6 +80,9 @@ def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlfl
         assert row["data_file"] is None and row["checkpoint_every"] is None
         for metric in metric_names:
             assert math.isclose(row[metric], run.data.metrics[metric]), metric
+            if metric.startswith("system/"):   # MLflow's samples: indexed by sample, not epoch
+                assert f"{metric}@epoch" not in row
+                continue
             history = client.get_metric_history(row["run_id"], metric)
             assert row[f"{metric}@epoch"] == max(m.step for m in history) == 20, metric
         # Alignment (every 10 epochs) is measured at the last epoch too: nothing is stale.
@@ -215,7 +219,9 @@ def test_trials_table_carries_each_values_epoch_and_flags_values_before_the_last
 
     hinge = _record("hinge", TrialConfig(loss="hinge"),
                     evaluated(20, **{contract.ALIGN_GRAD: (4, 0.8), contract.ALIGN_REP: (20, 0.3)}))
-    ordinary = _record("ordinary", TrialConfig(), evaluated(20, **{contract.ALIGN_GRAD: (20, 0.2)}))
+    # MLflow's system metrics count samples, not epochs: never stale, no epoch column.
+    ordinary = _record("ordinary", TrialConfig(), evaluated(20, **{
+        contract.ALIGN_GRAD: (20, 0.2), "system/cpu_utilization_percentage": (37, 12.0)}))
     diverged = _record("diverged", TrialConfig(), evaluated(6, **{contract.ALIGN_GRAD: (0, 0.9)}),
                        status="diverged")
     assert hinge.last_epoch == 20 and hinge.is_stale(contract.ALIGN_GRAD)
@@ -231,6 +237,8 @@ def test_trials_table_carries_each_values_epoch_and_flags_values_before_the_last
     assert rows["hinge"]["stale_metrics"] == [contract.ALIGN_GRAD]
     assert rows["hinge"]["align/rep@epoch"] == 20 and rows["hinge"]["test/acc@epoch"] == 20
     assert rows["ordinary"]["stale_metrics"] == [] and rows["ordinary"]["align/grad@epoch"] == 20
+    assert rows["ordinary"]["epochs_done"] == 20
+    assert "system/cpu_utilization_percentage@epoch" not in table.column_names
     assert rows["ordinary"]["align/rep@epoch"] is None       # never logged: no epoch
     assert rows["diverged"]["epochs_done"] == 6
     assert rows["diverged"]["stale_metrics"] == [contract.ALIGN_GRAD]

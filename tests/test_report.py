@@ -139,6 +139,10 @@ def test_report_cli_on_the_issues_under_trained_convnet(mlflow_server, tmp_path)
     assert lines[row + 1].strip() == ("needs: ConvNet train accuracy 44.8% < 99% after 20 "
                                       "epochs: train longer, e.g. epochs: 200")
     assert f"how each claim is checked: {out / 'report.html'}#rules" in result.output
+    # Its parent run's spec.yaml ({"name": ...}) is no sweep: every run read, and said so.
+    assert ("note: stale trial ids not checked (its spec.yaml does not load: grid: nothing to "
+            "run") in result.output
+    assert "finals are values at the trial's last epoch; every trial has them" in result.output
 
     verdicts = {r["claim"]: r for r in pq.read_table(out / "claims.parquet").to_pylist()}
     assert verdicts["7a"]["verdict"] == claims.INCONCLUSIVE

@@ -17,7 +17,9 @@ Two pyarrow tables, built from what MLflow holds (``SweepReader.trial_records`` 
     <every metric name>                         float64: the metric's last logged value
                                                 (highest step), null when never logged;
                                                 NaN / inf as logged (a diverged loss)
-    <every metric name>@epoch                   int64: the step (epoch) of that value
+    <every metric name>@epoch                   int64: the step (epoch) of that value;
+                                                not for MLflow's system/* metrics (indexed
+                                                by sample, not epoch; never stale)
     stale_metrics                               list<string>: the metrics whose value is
                                                 from before the trial's last epoch (not a
                                                 final value), in column order; empty if none
@@ -61,10 +63,10 @@ import pyarrow as pa
 
 from orchestrator.tracking.params import config_types, param_value
 from orchestrator.tracking.reader import MetricHistories, SweepReader, spec_file
-from orchestrator.tracking.records import TrialRecord
+from orchestrator.tracking.records import TrialRecord, is_epoch_metric
 from workers import contract
 from workers.contract import TAG_ATTEMPTS, tag_int
-from workers.errors import XmemError
+from workers.errors import ConfigError, XmemError, first_line
 
 SWEEP, TRIAL_ID, RUN_ID, NAME, STATUS = "sweep", "trial_id", "run_id", "name", "status"
 IN_SPEC = "in_spec"
@@ -142,24 +144,36 @@ def load_results(tracker: SweepReader, with_history: bool, include_stale: bool =
 
 def spec_trial_ids(tracker: SweepReader) -> tuple[set[str] | None, str]:
     """(the trial ids of the spec the sweep last ran, ""), or (None, why they are unknown):
-    no parent run or spec.yaml (a sweep not run by ``xmem sweep``), or a spec that no longer
-    loads.
-
-    Raises:
-        XmemError: the server cannot be reached.
-    """
+    no parent run or spec.yaml (a sweep not run by ``xmem sweep``), a spec.yaml that cannot
+    be read, or a spec that no longer loads."""
     from orchestrator.expand import expand_trials
     from orchestrator.spec import load_spec
 
     with tempfile.TemporaryDirectory(prefix="xmem-spec-") as folder:
-        path = spec_file(tracker, folder)
+        try:
+            path = spec_file(tracker, folder, _served_artifacts(tracker.tracking_uri))
+        except XmemError as error:   # the runs were read: an unreadable spec costs only this
+            return None, f"its {contract.SPEC_ARTIFACT} cannot be read: {first_line(str(error))}"
         if path is None:
             return None, f"the sweep's parent run holds no {contract.SPEC_ARTIFACT}"
         try:
             return {trial.trial_id for trial in expand_trials(load_spec(path))}, ""
+        except ConfigError as error:   # its problems, not the temporary copy's path
+            problem = error.problems[0] if error.problems else first_line(str(error))
+            return None, f"its {contract.SPEC_ARTIFACT} does not load: {problem}"
         except XmemError as error:
-            first = (str(error).splitlines() or [""])[0]
-            return None, f"its {contract.SPEC_ARTIFACT} does not load: {first}"
+            return None, f"its {contract.SPEC_ARTIFACT} does not load: {first_line(str(error))}"
+
+
+def _served_artifacts(tracking_uri: str) -> Path | None:
+    """For a store read through its SQLite file (``open_tracking(..., artifacts=False)``), the
+    folder its server serves artifacts from; None for any other tracking URI."""
+    from orchestrator.tracking.server import ARTIFACTS_DIR, STORE_FILE
+
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or not tracking_uri.endswith(STORE_FILE):
+        return None
+    return Path(tracking_uri[len(prefix):]).parent / ARTIFACTS_DIR
 
 
 def export_results(sweep: str, out: str | os.PathLike, *, history: bool = False,
@@ -198,7 +212,7 @@ def trials_table(sweep: str, records: Sequence[TrialRecord],
     columns.update(_config_columns(records, repeat=[1] * len(records)))
     for name in names:
         columns[name] = pa.array([r.last_value(name) for r in records], pa.float64())
-    for name in names:
+    for name in filter(is_epoch_metric, names):
         columns[step_column(name)] = pa.array([_step(r, name) for r in records], pa.int64())
     columns[STALE_METRICS] = pa.array([[n for n in names if r.is_stale(n)] for r in records],
                                       pa.list_(pa.string()))

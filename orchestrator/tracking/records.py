@@ -12,6 +12,17 @@ from typing import NamedTuple
 from workers.contract import EVAL_METRICS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS
 
 
+# MLflow's system metrics (system/cpu_utilization_percentage, ...) are indexed by sample, not
+# by epoch: their step says nothing about when in training they were taken.
+SYSTEM_METRIC_PREFIX = "system/"
+
+
+def is_epoch_metric(name: str) -> bool:
+    """Whether the metric is logged per evaluated epoch (step = epoch): every metric of the
+    trial's EpochRecords, not MLflow's ``system/*`` samples."""
+    return not name.startswith(SYSTEM_METRIC_PREFIX)
+
+
 class LastValue(NamedTuple):
     """A metric's latest logged value and the step (epoch) it was logged at."""
 
@@ -75,7 +86,8 @@ class TrialRecord:
         blow-up. Alignment is measured at every trial's last epoch (``workers.trial.
         is_align_epoch``), so only an alignment that became undefined ends earlier."""
         steps = [self.latest[name][0] for name in EVAL_METRICS if name in self.latest]
-        return max(steps) if steps else self.epochs_done
+        steps = steps or [step for name, (step, _) in self.latest.items() if is_epoch_metric(name)]
+        return max(steps, default=None)
 
     def final(self, name: str) -> LastValue | None:
         """The metric's value at the trial's last epoch (``last_epoch``); None when it was
@@ -87,7 +99,10 @@ class TrialRecord:
 
     def is_stale(self, name: str) -> bool:
         """Whether the metric's latest value was logged before the trial's last epoch (an
-        alignment undefined from some epoch on, so not logged since)."""
+        alignment undefined from some epoch on, so not logged since); never for a metric not
+        logged per epoch (``is_epoch_metric``)."""
+        if not is_epoch_metric(name):
+            return False
         found = self.last(name)
         last = self.last_epoch
         return found is not None and last is not None and found.step < last
