@@ -164,6 +164,41 @@ def test_claim3_fails_on_an_anticorrelation():
     assert _only(_verdicts(inverted), "3").verdict == FAIL
 
 
+def _stale_alignment(row: dict, value: float, epoch: int = 4, last: int = 100) -> dict:
+    """``row`` as a hinge-like trial whose align/grad became undefined (no longer logged)
+    after ``epoch``: its table value is from that epoch, flagged in stale_metrics."""
+    return dict(row, **{contract.ALIGN_GRAD: value, "align/grad@epoch": epoch,
+                        "epochs_done": last, "stale_metrics": [contract.ALIGN_GRAD]})
+
+
+def test_claim3_leaves_out_alignments_from_before_the_last_epoch_and_says_so():
+    # Two more sigma-10 trials whose align/grad is from epoch 4 (high, as early in training):
+    # read as finals they would turn the correlation around.
+    early = [_stale_alignment(_sin(10.0, seed, train=1.0, best=0.11, final=0.10, grad=0.0,
+                                   rep=0.01, name=f"early{seed}"), value)
+             for seed, value in ((2, 0.9), (3, 0.95))]
+    trials = early + MEMORIZING_SIN     # first: the table takes its columns from the first row
+    three = _only(_verdicts(trials), "3")
+    assert three.verdict == PASS and "n = 5" in three.evidence
+    assert ("(left out of align/grad: 2 trial(s) without a value at their last epoch: "
+            "early2 (align/grad: epoch 4 of 100)") in three.evidence
+    assert claims.finals_note(pa.Table.from_pylist(trials)).startswith(
+        "finals are values at the trial's last epoch; 2 trial(s) without one were left out: "
+        "early2 (align/grad: epoch 4 of 100), early3")
+    assert "Final values are values at the trial's last epoch" in claims.LIKE_WITH_LIKE
+
+
+def test_claims_never_pool_runs_of_stale_trial_ids():
+    # Runs of an earlier version of the spec (trial ids no longer in it), read with
+    # --include-stale: anti-correlated, they would fail claim 3 if pooled.
+    current = [dict(r, in_spec=True) for r in MEMORIZING_SIN]
+    stale = [dict(_sin(sigma, 5, train=1.0, best=0.5 - sigma / 30, final=0.1, grad=sigma / 10,
+                       rep=0.01), in_spec=False) for sigma in (0.01, 1.0, 10.0)]
+    three = _only(_verdicts(current + stale), "3")
+    assert three.verdict == PASS and "n = 5" in three.evidence
+    assert len(grouping.result_rows(pa.Table.from_pylist(current + stale))) == 5
+
+
 def test_claim3_with_too_few_trials_for_a_rank_correlation_is_inconclusive():
     # The issue's sin trials: one seed at three sigmas. rho over 3 points cannot be significant.
     trials = [_sin(0.001, train=1.0, best=0.357, final=0.35, grad=0.055, rep=0.2),

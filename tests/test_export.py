@@ -60,7 +60,10 @@ def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlfl
     for metric in metric_names:
         assert table.schema.field(metric).type == pa.float64(), metric
     assert set(table.column_names) == (set(tables.TRIAL_COLUMNS) | {"attempts", "epochs_done"}
-                                       | set(TrialConfig.keys()) | metric_names)
+                                       | set(TrialConfig.keys()) | metric_names
+                                       | {f"{m}@epoch" for m in metric_names
+                                          if not m.startswith("system/")}
+                                       | {"stale_metrics"})
 
     for row in table.to_pylist():
         run = runs[row["run_id"]]
@@ -77,6 +80,13 @@ def test_export_has_one_typed_row_per_trial_matching_mlflow(finished_sweep, mlfl
         assert row["data_file"] is None and row["checkpoint_every"] is None
         for metric in metric_names:
             assert math.isclose(row[metric], run.data.metrics[metric]), metric
+            if metric.startswith("system/"):   # MLflow's samples: indexed by sample, not epoch
+                assert f"{metric}@epoch" not in row
+                continue
+            history = client.get_metric_history(row["run_id"], metric)
+            assert row[f"{metric}@epoch"] == max(m.step for m in history) == 20, metric
+        # Alignment (every 10 epochs) is measured at the last epoch too: nothing is stale.
+        assert row["stale_metrics"] == [] and row["in_spec"] is True
 
 
 @pytest.mark.slow
@@ -197,3 +207,129 @@ def test_tracking_uri_precedence_flag_then_environment_then_store(tmp_path):
         == (None, tmp_path.resolve())
     uri, root = settings.tracking_uri_for(None, None, {})
     assert uri is None and root.parts[-2:] == ("xmem-runs", "mlflow")
+
+
+def test_trials_table_carries_each_values_epoch_and_flags_values_before_the_last_epoch():
+    """A hinge-loss trial whose alignment became undefined (no longer logged) after epoch 4:
+    its align/grad is the epoch-4 value, kept with its epoch and flagged, never passed off as
+    final. Alignment is measured at every trial's last epoch, so an ordinary trial is not
+    flagged; a diverged trial's last epoch is its last evaluated one before the blow-up."""
+    def evaluated(epoch: int, **extra) -> dict[str, tuple[int, float]]:
+        return {contract.TRAIN_LOSS: (epoch, 0.1), contract.TEST_ACC: (epoch, 0.5), **extra}
+
+    hinge = _record("hinge", TrialConfig(loss="hinge"),
+                    evaluated(20, **{contract.ALIGN_GRAD: (4, 0.8), contract.ALIGN_REP: (20, 0.3)}))
+    # MLflow's system metrics count samples, not epochs: never stale, no epoch column.
+    ordinary = _record("ordinary", TrialConfig(), evaluated(20, **{
+        contract.ALIGN_GRAD: (20, 0.2), "system/cpu_utilization_percentage": (37, 12.0)}))
+    diverged = _record("diverged", TrialConfig(), evaluated(6, **{contract.ALIGN_GRAD: (0, 0.9)}),
+                       status="diverged")
+    assert hinge.last_epoch == 20 and hinge.is_stale(contract.ALIGN_GRAD)
+    assert hinge.final(contract.ALIGN_GRAD) is None
+    assert hinge.final(contract.ALIGN_REP) == (0.3, 20)
+
+    table = tables.trials_table("s", [hinge, ordinary, diverged])
+    assert table.schema.field("align/grad@epoch").type == pa.int64()
+    assert table.schema.field("stale_metrics").type == pa.list_(pa.string())
+    rows = {row["name"]: row for row in table.to_pylist()}
+    assert rows["hinge"][contract.ALIGN_GRAD] == 0.8           # kept, with its epoch and flag
+    assert (rows["hinge"]["align/grad@epoch"], rows["hinge"]["epochs_done"]) == (4, 20)
+    assert rows["hinge"]["stale_metrics"] == [contract.ALIGN_GRAD]
+    assert rows["hinge"]["align/rep@epoch"] == 20 and rows["hinge"]["test/acc@epoch"] == 20
+    assert rows["ordinary"]["stale_metrics"] == [] and rows["ordinary"]["align/grad@epoch"] == 20
+    assert rows["ordinary"]["epochs_done"] == 20
+    assert "system/cpu_utilization_percentage@epoch" not in table.column_names
+    assert rows["ordinary"]["align/rep@epoch"] is None       # never logged: no epoch
+    assert rows["diverged"]["epochs_done"] == 6
+    assert rows["diverged"]["stale_metrics"] == [contract.ALIGN_GRAD]
+    assert all(row["in_spec"] is None for row in rows.values())   # no spec given: not known
+
+
+# --- stale trial ids: runs of an earlier version of the spec ---------------------------------
+
+STALE_SPEC = """
+name: {name}
+defaults:
+  dataset: digits
+  activation: sin
+  train_size: 200
+  test_size: 200
+  epochs: {epochs}
+grid:
+  sigma: [0.01, 10.0]
+"""
+
+
+def _log_sweep_version(uri: str, folder, name: str, epochs: int) -> list[str]:
+    """Write what ``xmem sweep`` writes for the spec with ``epochs`` (the parent run with its
+    spec.yaml, one run per trial), and finish each trial as a worker would; return the runs'
+    ids. Run twice with other ``epochs``, the first version's runs have stale trial ids."""
+    from orchestrator.expand import expand_trials
+    from orchestrator.spec import load_spec
+    from orchestrator.tracking.writer import SweepTracker
+
+    path = folder / f"spec-{epochs}.yaml"
+    path.write_text(STALE_SPEC.format(name=name, epochs=epochs))
+    spec = load_spec(path)
+    trials = expand_trials(spec)
+    tracker = SweepTracker(uri, name)
+    tracker.ensure_experiment()
+    parent = tracker.start_parent_run(spec.raw, len(trials))
+    run_ids = tracker.create_trial_runs(trials, parent)
+    client = MlflowClient(uri)
+    for trial in trials:
+        run_id = run_ids[trial.trial_id]
+        for key in (contract.TRAIN_LOSS, contract.TRAIN_ACC, contract.TEST_BEST_ACC):
+            client.log_metric(run_id, key, 0.5, step=epochs)
+        client.set_tag(run_id, contract.TAG_STATUS, contract.STATUS_FINISHED)
+        client.set_terminated(run_id, "FINISHED")
+    return [run_ids[trial.trial_id] for trial in trials]
+
+
+def test_runs_of_stale_trial_ids_are_left_out_unless_asked_for(mlflow_server, tmp_path,
+                                                                monkeypatch):
+    """A sweep run, its defaults changed (epochs 2 -> 3: every trial gets a new id), run
+    again: export and report read the second version's runs only, say how many they left
+    out and how to include them; --include-stale includes them, marked in_spec false."""
+    import uuid
+
+    name = f"stale-{uuid.uuid4().hex[:8]}"
+    old = _log_sweep_version(mlflow_server.uri, tmp_path, name, epochs=2)
+    new = _log_sweep_version(mlflow_server.uri, tmp_path, name, epochs=3)
+
+    out = tmp_path / "current.parquet"
+    result = _invoke("export", name, "-o", str(out), "--tracking-uri", mlflow_server.uri)
+    assert result.exit_code == 0, result.output
+    assert sorted(pq.read_table(out).column("run_id").to_pylist()) == sorted(new)
+    assert pq.read_table(out).column("in_spec").to_pylist() == [True, True]
+    assert "left out 2 run(s) of trial ids no longer in the sweep's spec" in result.output
+    assert "include them with --include-stale" in result.output
+
+    result = _invoke("export", name, "-o", str(out), "--include-stale",
+                     "--tracking-uri", mlflow_server.uri)
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pylist()
+    assert {r["run_id"]: r["in_spec"] for r in rows} == {**{i: False for i in old},
+                                                         **{i: True for i in new}}
+    assert "included 2 run(s) of trial ids no longer in the sweep's spec" in result.output
+
+    # Read from the store's SQLite file (no server serving its artifacts): the same.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    history = tmp_path / "history.parquet"
+    result = _invoke("export", name, "--history", "-o", str(history),
+                     "--store", str(mlflow_server.root))
+    assert result.exit_code == 0, result.output
+    assert set(pq.read_table(history).column("run_id").to_pylist()) == set(new)
+    assert "left out 2 run(s)" in result.output
+
+    report_dir = tmp_path / "report"
+    result = _invoke("report", name, "--out", str(report_dir), "--tracking-uri", mlflow_server.uri)
+    assert result.exit_code == 0, result.output
+    assert "left out 2 run(s)" in result.output and "--include-stale" in result.output
+    assert sorted(pq.read_table(report_dir / "results.parquet").column("run_id").to_pylist()) \
+        == sorted(new)
+    result = _invoke("report", name, "--out", str(report_dir), "--include-stale",
+                     "--tracking-uri", mlflow_server.uri)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(report_dir / "results.parquet").num_rows == 4
+    assert "(stale id)" in (report_dir / "report.html").read_text()

@@ -139,6 +139,10 @@ def test_report_cli_on_the_issues_under_trained_convnet(mlflow_server, tmp_path)
     assert lines[row + 1].strip() == ("needs: ConvNet train accuracy 44.8% < 99% after 20 "
                                       "epochs: train longer, e.g. epochs: 200")
     assert f"how each claim is checked: {out / 'report.html'}#rules" in result.output
+    # Its parent run's spec.yaml ({"name": ...}) is no sweep: every run read, and said so.
+    assert ("note: stale trial ids not checked (its spec.yaml does not load: grid: nothing to "
+            "run") in result.output
+    assert "finals are values at the trial's last epoch; every trial has them" in result.output
 
     verdicts = {r["claim"]: r for r in pq.read_table(out / "claims.parquet").to_pylist()}
     assert verdicts["7a"]["verdict"] == claims.INCONCLUSIVE
@@ -226,3 +230,34 @@ def test_alignment_figure_draws_rho_only_over_one_setup(tmp_path):
 def test_failed_trials_are_not_drawn_and_an_all_failed_sweep_draws_nothing(tmp_path):
     failed = [_trial(trial_id="f", status="failed", sigma=1.0)]
     assert figures.draw_figures(pa.Table.from_pylist(failed), None, tmp_path) == []
+
+
+def _stale_alignment(trial: dict, stale: bool) -> dict:
+    """``trial`` with its align/grad last logged at epoch 4 of 20 (``stale``: an alignment that
+    became undefined, as with the hinge loss) or at its last epoch."""
+    return dict(trial, epochs_done=20, **{"align/grad@epoch": 4 if stale else 20,
+                                          "stale_metrics": [contract.ALIGN_GRAD] if stale else []})
+
+
+def test_alignment_from_before_the_last_epoch_is_marked_in_the_table_and_never_drawn(tmp_path):
+    trials = [_stale_alignment(_trial(trial_id=f"s{sigma}", name=f"hinge-s{sigma:g}", sigma=sigma,
+                                      loss="hinge", **{contract.ALIGN_GRAD: 0.1 / sigma}),
+                               stale=sigma == 1.0)
+              for sigma in (0.01, 0.1, 1.0)]
+    table = pa.Table.from_pylist(trials)
+    drawn = {f.path.name: f for f in figures.draw_figures(table, None, tmp_path)}
+    assert drawn["fig4_test_acc_vs_alignment.png"].caption.endswith(
+        "Finals are values at the trial's last epoch; 1 trial(s) without one were left out: "
+        "hinge-s1 (align/grad: epoch 4 of 20).")
+    # With every align/grad from before its trial's last epoch there is nothing to draw.
+    all_stale = pa.Table.from_pylist([_stale_alignment(t, stale=True) for t in trials])
+    names = {f.path.name for f in figures.draw_figures(all_stale, None, tmp_path)}
+    assert "fig4_test_acc_vs_alignment.png" not in names
+
+    page = report.render_html("s", "here", table, claims.check_claims(table), [])
+    cells = page.split("<table class='trials'>")[1].split("</table>")[0]
+    assert cells.count("class='num stale'") == 1
+    assert re.search(r"<td class='num stale' title='last logged at epoch 4, before the trial&#x27;s "
+                     r"last epoch 20[^']*'>0\.100 \(epoch 4\)</td>", cells), cells
+    assert ("<p class='finals'>Finals are values at the trial's last epoch; 1 trial(s) without "
+            "one were left out") in html.unescape(page)

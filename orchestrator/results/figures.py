@@ -4,7 +4,9 @@
 Panels are the groups of trials that differ only in sigma and seed (``grouping.panel_keys``:
 one per dataset / activation / loss / ... combination); within a panel one curve or point per
 sigma, the mean over seeds, with the seeds' range (curves) or standard deviation (points)
-around it. Only finished and diverged trials are drawn.
+around it. Only finished and diverged trials are drawn, never runs of stale trial ids. Final
+values are values at the trial's last epoch (``grouping.finals``): a metric whose value is
+from an earlier epoch is left out of the figures of finals, and their captions say so.
 
     fig1_test_acc_over_epochs.png     test accuracy over epochs, one curve per sigma (Fig. 1a)
     fig2_accuracy_vs_sigma.png        final train and best test accuracy against sigma
@@ -60,7 +62,7 @@ class FigureFile:
 
 def draw_figures(trials: pa.Table, history: pa.Table | None, out_dir: Path) -> list[FigureFile]:
     """Draw every figure the sweep's data allows into ``out_dir``; return what was written."""
-    rows = grouping.result_rows(trials)
+    rows = grouping.finals(grouping.result_rows(trials))
     if not rows:
         return []
     ids = {row[tables.TRIAL_ID] for row in rows}
@@ -205,6 +207,16 @@ def _fig1(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
                  "band: the seeds' range); the paper's Fig. 1a.")
 
 
+def _finals_caption(caption: str, rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+                    ) -> str:
+    """``caption``, and the rule for final values with what it left out of ``metrics``, when
+    it left anything out."""
+    if not any(grouping.without_final(rows, metric) for metric in metrics):
+        return caption
+    note = grouping.finals_note(rows, metrics)
+    return f"{caption} {note[0].upper()}{note[1:]}."
+
+
 def _against_sigma(sweep: _Sweep, out_dir: Path, name: str, title: str, caption: str,
                    series: Sequence[tuple[str, str, str]], ylabel: str,
                    chance_line: bool) -> FigureFile | None:
@@ -231,6 +243,7 @@ def _against_sigma(sweep: _Sweep, out_dir: Path, name: str, title: str, caption:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     _hide_unused(axes, len(panels))
+    caption = _finals_caption(caption, sweep.rows, [metric for metric, _, _ in series])
     return _save(figure, out_dir, name, title, caption)
 
 
@@ -313,6 +326,7 @@ def _fig4(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
                "trials differ only in sigma, dataset and seed; the paper's Fig. 1b.")
     if setups > 1:
         caption += f" These trials are {setups} setups: no ρ is drawn."
+    caption = _finals_caption(caption, sweep.rows, (contract.ALIGN_GRAD,))
     return _save(figure, out_dir, "fig4_test_acc_vs_alignment.png",
                  "Best test accuracy against gradient alignment", caption)
 
@@ -341,7 +355,10 @@ def _fig5(sweep: _Sweep, out_dir: Path) -> FigureFile | None:
             if metric == contract.TEST_BEST_ACC:
                 axis.axhline(chance(members[0]["dataset"]), color="gray", linestyle=":",
                              linewidth=1)
+    caption = _finals_caption(
+        "Best test accuracy and final representation alignment per architecture and label "
+        "condition, at otherwise identical config: mean over seeds, error bars one standard "
+        "deviation; dotted: chance. The paper's Fig. 5.",
+        [r for _, members in groups for r in members], (contract.ALIGN_REP,))
     return _save(figure, out_dir, "fig5_conditions.png", "Architectures and label conditions",
-                 "Best test accuracy and final representation alignment per architecture and "
-                 "label condition, at otherwise identical config: mean over seeds, error bars "
-                 "one standard deviation; dotted: chance. The paper's Fig. 5.")
+                 caption)

@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from orchestrator.expand import value_key
 from orchestrator.expand import varying_keys as _varying
-from orchestrator.results.tables import STATUS
+from orchestrator.results.tables import (EPOCHS_DONE, IN_SPEC, NAME, STALE_METRICS, STATUS,
+                                         step_column)
 from orchestrator.text import format_value
 from workers.config import TrialConfig
 from workers import contract
@@ -55,8 +56,53 @@ def summarize(values: Iterable[float | None]) -> Summary | None:
 
 
 def result_rows(trials: pa.Table) -> list[dict[str, Any]]:
-    """The trials whose numbers are results (finished or diverged), as dicts."""
-    return [row for row in trials.to_pylist() if row[STATUS] in RESULT_STATUSES]
+    """The trials whose numbers are results (finished or diverged), as dicts; never a run of
+    a stale trial id (``in_spec`` false: a table read with ``include_stale``)."""
+    return [row for row in trials.to_pylist()
+            if row[STATUS] in RESULT_STATUSES and row.get(IN_SPEC) is not False]
+
+
+# --- finals: values at the trial's last epoch --------------------------------------------------
+
+FINALS_RULE = "finals are values at the trial's last epoch"
+
+
+def stale(row: Mapping[str, Any]) -> list[str]:
+    """The metrics of ``row`` whose value is from before the trial's last epoch
+    (``tables.STALE_METRICS``)."""
+    return list(row.get(STALE_METRICS) or [])
+
+
+def finals(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with every stale metric (``stale``) set to None: what the claims and figures
+    read, so that a value from an earlier epoch never stands in for a final one."""
+    return [{**row, **{metric: None for metric in stale(row)}} for row in rows]
+
+
+def without_final(rows: Sequence[Mapping[str, Any]], metric: str) -> list[Mapping[str, Any]]:
+    """The rows whose ``metric`` was logged, but not at the trial's last epoch."""
+    return [row for row in rows if metric in stale(row)]
+
+
+def stale_text(row: Mapping[str, Any], metric: str) -> str:
+    """``hinge-sigma1 (align/grad: epoch 4 of 20)``."""
+    return (f"{row.get(NAME) or row.get('trial_id')} ({metric}: epoch "
+            f"{format_value(row.get(step_column(metric)))} of "
+            f"{format_value(row.get(EPOCHS_DONE))})")
+
+
+def finals_note(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None) -> str:
+    """The rule, and what it left out of ``rows`` (of ``metrics``; every metric by default):
+    ``finals are values at the trial's last epoch; 1 trial(s) without one were left out:
+    hinge-sigma1 (align/grad: epoch 4 of 20)``."""
+    left = [(row, metric) for row in rows for metric in stale(row)
+            if metrics is None or metric in metrics]
+    trials = {id(row) for row, _ in left}
+    if not left:
+        return f"{FINALS_RULE}; every trial has them"
+    shown = ", ".join(stale_text(row, metric) for row, metric in left[:5])
+    return (f"{FINALS_RULE}; {len(trials)} trial(s) without one were left out: {shown}"
+            + (" ..." if len(left) > 5 else ""))
 
 
 def varying_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:

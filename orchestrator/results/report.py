@@ -10,8 +10,11 @@ What ``write_report`` leaves in ``out_dir`` (and under ``report/`` in the parent
     results.parquet          the trials table the figures and claims were computed from
     history.parquet          the history table (one row per trial and evaluated epoch)
 
-The tables are exactly what ``xmem export`` writes: the figures and claims read them and
-nothing else.
+The tables are exactly what ``xmem export`` writes (with the same ``include_stale``): the
+figures and claims read them and nothing else. Runs of stale trial ids are left out unless
+``include_stale``, and even then the figures and claims never read them. In the trial table a
+value from before the trial's last epoch is marked with its epoch (``stale_metrics``); the
+claims and figures treat it as missing, and the output says which trials that left out.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ class Report:
 
 
 def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri: str | None = None,
-                 store: str | None = None, echo: Callable[[str], None] = print) -> Report:
+                 store: str | None = None, echo: Callable[[str], None] = print,
+                 include_stale: bool = False) -> Report:
     """Read the sweep, draw its figures, check the claims, write ``out_dir`` and log it to the
-    sweep's parent run.
+    sweep's parent run. Runs of stale trial ids only in the tables, with ``include_stale``.
 
     Raises:
         XmemError: ``out_dir`` cannot be written (checked first), no such sweep (listing the
@@ -73,7 +77,7 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
     check_out_dir(out)
     with open_tracking(tracking_uri, store) as uri:
         tracker = SweepTracker(uri, sweep)
-        loaded = tables.load_results(tracker, with_history=True)
+        loaded = tables.load_results(tracker, with_history=True, include_stale=include_stale)
         parent_run_id = tracker.find_parent_run_id()
         out.mkdir(parents=True, exist_ok=True)
         pq.write_table(loaded.trials, out / RESULTS_FILE)
@@ -85,12 +89,15 @@ def write_report(sweep: str, out_dir: str | Path | None = None, *, tracking_uri:
         source = given or f"the store {root}"   # not the port of a server gone after this
         browse = tracker.browse_target(store=None if given else str(root))
         (out / HTML_FILE).write_text(render_html(sweep, source, loaded.trials, checks, drawn,
-                                                 browse), encoding="utf-8")
+                                                 browse, loaded.stale), encoding="utf-8")
         tracker.log_to_parent_run(out, REPORT_ARTIFACT_DIR)
         browse_line = tracker.browse_line(store=None if given else str(root))
     echo(f"report of sweep {sweep}: {out / HTML_FILE} ({len(drawn)} figures, "
          f"{len(loaded.trials)} trials)")
+    if loaded.stale.note():
+        echo(loaded.stale.note())
     echo(format_claims(checks))
+    echo(claims.finals_note(loaded.trials))
     echo(f"how each claim is checked: {out / HTML_FILE}#rules")
     echo(f"logged to the parent run {parent_run_id} under {REPORT_ARTIFACT_DIR}/")
     echo(browse_line)
@@ -137,6 +144,7 @@ td.untestable { color: #777; }
 td[title] { cursor: help; }
 p.missing { margin: 0.3em 0 0; font-style: italic; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.stale { color: #a05a00; font-style: italic; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
@@ -144,17 +152,20 @@ figcaption { font-size: 0.9em; color: #444; }
 
 
 def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[ClaimCheck],
-                drawn: Sequence[Any], browse: tuple[str | None, str] | None = None) -> str:
+                drawn: Sequence[Any], browse: tuple[str | None, str] | None = None,
+                stale: tables.StaleRuns | None = None) -> str:
     """The self-contained page: summary, claims table, figures (embedded), trial table.
     ``source`` says where the runs were read (a tracking URI or a store folder); ``browse``
     (the command that serves the runs first, or None; the link) where to see the trials in
-    the MLflow UI."""
+    the MLflow UI; ``stale`` the runs of stale trial ids (left out or included)."""
     rows = trials.to_pylist()
     counts: dict[str, int] = {}
     for row in rows:
         counts[row[tables.STATUS]] = counts.get(row[tables.STATUS], 0) + 1
     status_text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    left_out = len(rows) - len(grouping.result_rows(trials))
+    stale_ids = sum(row.get(tables.IN_SPEC) is False for row in rows)
+    left_out = len(rows) - len(grouping.result_rows(trials)) - stale_ids
+    stale_note = stale.note() if stale is not None else ""
     generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
@@ -163,13 +174,17 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
         f"<p>{len(rows)} trials ({_e(status_text)}); MLflow runs read from {_e(source)}; "
         f"generated {_e(generated)}.",
         (f" {left_out} trial(s) neither finished nor diverged are left out of the figures and "
-         "claims." if left_out else "") + "</p>",
+         "claims." if left_out else "")
+        + (f" The {stale_ids} run(s) of stale trial ids are in the trial table only." if stale_ids
+           else "") + "</p>",
+        f"<p>{_e(_sentence(stale_note))}</p>" if stale_note else "",
         _browse_html(browse),
         "<h2>The paper's claims on this sweep</h2>",
         f"<p>Claims of {PAPER}, each checked on groups of trials that differ only in what the "
         "claim varies; seeds are aggregated as mean ± standard deviation (n). Hover over a "
         "verdict, or follow the claim's number, for the rule behind it "
         "(<a href='#rules'>how the claims are checked</a>).</p>",
+        f"<p class='finals'>{_e(_sentence(claims.finals_note(trials)))}</p>",
         _claims_html(checks), "<h2>Figures</h2>",
     ]
     for figure in drawn:
@@ -179,7 +194,9 @@ def render_html(sweep: str, source: str, trials: pa.Table, checks: Sequence[Clai
                      "</figcaption></figure>")
     if not drawn:
         parts.append("<p>No finished trials to draw.</p>")
-    parts += ["<h2>Trials</h2>", _trials_html(trials), _rules_html(), "</body></html>"]
+    parts += ["<h2>Trials</h2>", "<p>A value from before the trial's last epoch (epochs done) "
+              "is marked with the epoch it is from: it is not a final value.</p>",
+              _trials_html(trials), _rules_html(), "</body></html>"]
     return "\n".join(parts)
 
 
@@ -238,16 +255,34 @@ def _trials_html(trials: pa.Table) -> str:
     for row in rows:
         cells = [f"<td>{_e(row[tables.NAME])}</td>"]
         cells += [f"<td>{_e(format_value(row.get(k)))}</td>" for k in keys]
-        cells += [f"<td>{_e(row[tables.STATUS])}</td>",
+        status = row[tables.STATUS] + (" (stale id)" if row.get(tables.IN_SPEC) is False else "")
+        cells += [f"<td>{_e(status)}</td>",
                   f"<td class='num'>{_e(format_value(row.get(tables.ATTEMPTS)))}</td>",
                   f"<td class='num'>{_e(format_value(row.get(tables.EPOCHS_DONE)))}</td>"]
         for name in names:
-            value = row.get(name)
-            cells.append(f"<td class='num'>{_e(format_metric(name, value))}</td>")
+            cells.append(_metric_cell(row, name))
         cells.append(f"<td><code>{_e(row[tables.RUN_ID])}</code></td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     return f"<table class='trials'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _metric_cell(row: dict[str, Any], name: str) -> str:
+    """A metric's cell: its value, marked with its epoch when that is before the trial's last
+    epoch (``stale_metrics``)."""
+    text = format_metric(name, row.get(name))
+    if name not in grouping.stale(row):
+        return f"<td class='num'>{_e(text)}</td>"
+    step, last = row.get(tables.step_column(name)), row.get(tables.EPOCHS_DONE)
+    title = (f"last logged at epoch {format_value(step)}, before the trial's last epoch "
+             f"{format_value(last)}: not a final value (left out of the claims and figures)")
+    return (f"<td class='num stale' title='{_e(title)}'>{_e(text)} "
+            f"(epoch {_e(format_value(step))})</td>")
+
+
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: its first letter upper case, a full stop at the end."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _e(text: Any) -> str:

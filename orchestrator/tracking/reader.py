@@ -260,3 +260,43 @@ def server_errors(tracking_uri: str) -> Iterator[None]:
                         f"expected: {first_line}\nCheck the URI (--tracking-uri or "
                         "MLFLOW_TRACKING_URI), or leave both unset to read the local store "
                         "(--store)") from error
+
+
+# --- the spec the sweep last ran (for telling stale trial ids) ------------------------------
+
+SERVED_ARTIFACTS_SCHEME = "mlflow-artifacts"
+
+
+def spec_file(reader: SweepReader, folder: str | os.PathLike,
+              served_artifacts: str | os.PathLike | None = None) -> str | None:
+    """A local path to the spec the sweep last ran (its parent run's ``spec.yaml``); None
+    when the sweep has no parent run or its parent run holds no spec.
+
+    Through a server it is downloaded into ``folder``. Read straight from a store's SQLite
+    file (``open_tracking(..., artifacts=False)``), no server serves its ``mlflow-artifacts:/``
+    URIs: the file is then looked up in ``served_artifacts``, the folder the store's server
+    serves them from (``orchestrator.tracking.server.ARTIFACTS_DIR`` in the store).
+
+    Raises:
+        XmemError: the server cannot be reached or answers with an error.
+    """
+    from urllib.parse import urlparse
+
+    try:
+        run_id = reader.find_parent_run_id()
+    except XmemError:
+        return None   # no parent run: not a sweep xmem ran, no spec to compare with
+    with read_client_env(), server_errors(reader.tracking_uri):
+        artifact_uri = reader.client.get_run(run_id).info.artifact_uri or ""
+        parsed = urlparse(artifact_uri)
+        if parsed.scheme == SERVED_ARTIFACTS_SCHEME and served_artifacts is not None:
+            path = os.path.join(served_artifacts, parsed.path.lstrip("/"), SPEC_ARTIFACT)
+            return path if os.path.isfile(path) else None
+        if parsed.scheme in ("", "file"):   # a local artifact store: read in place
+            path = os.path.join(parsed.path, SPEC_ARTIFACT)
+            if os.path.isfile(path):
+                return path
+        names = {item.path for item in reader.client.list_artifacts(run_id)}
+        if SPEC_ARTIFACT not in names:
+            return None
+        return reader.client.download_artifacts(run_id, SPEC_ARTIFACT, str(folder))

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from workers.contract import TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS
+from workers.contract import EVAL_METRICS, TAG_ERROR, TAG_ERROR_KIND, TAG_STATUS
+
+
+# MLflow's system metrics (system/cpu_utilization_percentage, ...) are indexed by sample, not
+# by epoch: their step says nothing about when in training they were taken.
+SYSTEM_METRIC_PREFIX = "system/"
+
+
+def is_epoch_metric(name: str) -> bool:
+    """Whether the metric is logged per evaluated epoch (step = epoch): every metric of the
+    trial's EpochRecords, not MLflow's ``system/*`` samples."""
+    return not name.startswith(SYSTEM_METRIC_PREFIX)
 
 
 class LastValue(NamedTuple):
@@ -66,3 +77,32 @@ class TrialRecord:
     def epochs_done(self) -> int | None:
         """The highest epoch any metric of the run was logged at (None: nothing logged)."""
         return max((step for step, _ in self.latest.values()), default=None)
+
+    @property
+    def last_epoch(self) -> int | None:
+        """The trial's last epoch: the highest step of its evaluation metrics
+        (``contract.EVAL_METRICS``, logged at every evaluated epoch), else of any metric; None
+        when nothing was logged. A diverged trial's is its last evaluated epoch before the
+        blow-up. Alignment is measured at every trial's last epoch (``workers.trial.
+        is_align_epoch``), so only an alignment that became undefined ends earlier."""
+        steps = [self.latest[name][0] for name in EVAL_METRICS if name in self.latest]
+        steps = steps or [step for name, (step, _) in self.latest.items() if is_epoch_metric(name)]
+        return max(steps, default=None)
+
+    def final(self, name: str) -> LastValue | None:
+        """The metric's value at the trial's last epoch (``last_epoch``); None when it was
+        never logged or last logged before (a stale value: ``is_stale``)."""
+        found = self.last(name)
+        if found is None or self.is_stale(name):
+            return None
+        return found
+
+    def is_stale(self, name: str) -> bool:
+        """Whether the metric's latest value was logged before the trial's last epoch (an
+        alignment undefined from some epoch on, so not logged since); never for a metric not
+        logged per epoch (``is_epoch_metric``)."""
+        if not is_epoch_metric(name):
+            return False
+        found = self.last(name)
+        last = self.last_epoch
+        return found is not None and last is not None and found.step < last

@@ -12,7 +12,10 @@ inconclusive or not testable, what is missing and what to change. How each claim
   conditions  claims 7a, 7b, 8 (architectures, labels, blow-up)
 
 Input: the results tables of ``orchestrator.results.tables`` (``trials``; ``history`` for the
-claims about initialization, epoch 0).
+claims about initialization, epoch 0). Finals are values at the trial's last epoch: a metric
+whose value is from an earlier epoch (``stale_metrics``) counts as missing, and the rows that
+read it say how many trials that left out (``finals_note``: the whole sweep's, for the
+output). Runs of stale trial ids never count.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from workers import contract
 __all__ = ["CHANCE_MARGIN", "CHANCE_STANDARD_ERRORS", "FAIL", "INCONCLUSIVE", "LIKE_WITH_LIKE",
            "MEMORIZED",
            "NOT_TESTABLE", "PASS", "RULES", "STATEMENTS", "VERDICTS", "ClaimCheck", "ClaimRule",
-           "at_chance_bound", "check_claims", "claims_table"]
+           "at_chance_bound", "check_claims", "claims_table", "finals_note"]
 
 _CHECKS = {"1": sweeps.claim1, "2": sweeps.claim2, "3": sweeps.claim3, "4a": sweeps.claim4a,
            "4b": sweeps.claim4b, "4c": sweeps.claim4c, "5": sweeps.claim5, "6": sweeps.claim6,
@@ -65,13 +68,19 @@ class ClaimCheck:
 def check_claims(trials: pa.Table, history: pa.Table | None = None) -> list[ClaimCheck]:
     """Every claim, in the order of RULES: one row per group of trials it was checked on, or
     one "not testable here" row saying what the sweep lacks."""
-    rows = grouping.result_rows(trials)
+    rows = grouping.finals(grouping.result_rows(trials))
     epoch0 = _epoch0(history, {row[tables.TRIAL_ID] for row in rows})
     checks: list[ClaimCheck] = []
     for claim, rule in RULES.items():
         checks += [ClaimCheck(claim, rule.statement, f.scope, f.evidence, f.verdict, f.missing)
                    for f in _CHECKS[claim](rows, epoch0)]
     return checks
+
+
+def finals_note(trials: pa.Table) -> str:
+    """The rule for final values, and the result trials it left out of some metric (what
+    ``xmem report`` prints under the claims)."""
+    return grouping.finals_note(grouping.result_rows(trials))
 
 
 CLAIMS_COLUMNS = ("claim", "statement", "scope", "evidence", "verdict", "missing", "source",

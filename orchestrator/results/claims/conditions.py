@@ -13,7 +13,8 @@ from orchestrator.results import tables
 from orchestrator.results.claims.regime import (Finding, Row, apart, at_chance_bound,
                                                 inconclusive, judge, like_groups, mean_of,
                                                 not_testable, num, pct, scale, sigma_text,
-                                                split_diverged, untrained, with_evidence)
+                                                split_diverged, untrained, with_evidence,
+                                                with_finals)
 from orchestrator.results.claims.rules import BLOW_UP_SCALE, PAPER_LR
 from orchestrator.results.grouping import SIGMA, chance, group_rows
 from orchestrator.text import format_value
@@ -47,6 +48,7 @@ def compare(rows: Sequence[Row], key: str, a: tuple[Any, str], b: tuple[Any, str
             found.append(inconclusive(group.scope, problems))
             continue
         more, ok, evidence = check(kept_a, kept_b)
+        evidence = with_finals(evidence, kept_a + kept_b, (contract.ALIGN_REP,))
         found.append(judge(group.scope, problems + more, ok,
                            with_evidence(evidence, lost_a + lost_b)))
     if found:

@@ -247,6 +247,20 @@ def series(points: Sequence[tuple[float, Summary]], text: Callable[[Summary], st
     return ", ".join(f"{sigma_text(s)} {text(summary)}" for s, summary in points)
 
 
+def with_finals(evidence: str, members: Sequence[Row], metrics: Sequence[str]) -> str:
+    """``evidence``, and how many of ``members`` had no final value of ``metrics`` (a value
+    only from before the trial's last epoch): ``(left out of align/grad: 1 trial(s) without a
+    value at their last epoch: hinge-sigma1 (align/grad: epoch 4 of 20))``."""
+    parts = []
+    for metric in metrics:
+        lost = grouping.without_final(members, metric)
+        if lost:
+            shown = ", ".join(grouping.stale_text(r, metric) for r in lost[:3])
+            parts.append(f"left out of {metric}: {len(lost)} trial(s) without a value at their "
+                         f"last epoch: {shown}" + (" ..." if len(lost) > 3 else ""))
+    return " ".join([evidence, *(f"({part})" for part in parts)]).strip()
+
+
 def with_evidence(evidence: str, diverged: Sequence[Row]) -> str:
     """``evidence``, and how many diverged trials were left out of it."""
     if not diverged:

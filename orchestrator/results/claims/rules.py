@@ -34,7 +34,11 @@ LIKE_WITH_LIKE = (
     "pooled across groups only where the paper pooled (claim 3 pools datasets, as its Fig. 1b "
     "does). Only finished and diverged trials count; a diverged trial's last numbers are not a "
     "trained network's, so it counts only at init (claims 5, 6) and in claim 8: the other claims "
-    "leave it out and say so.")
+    "leave it out and say so. Final values are values at the trial's last epoch (its last "
+    "evaluated epoch; a diverged trial's last before the blow-up): a metric last logged at an "
+    "earlier epoch (an alignment that became undefined) counts as missing, and the row says "
+    "which trials that left out. Runs of trial ids no longer in the sweep's spec (its defaults "
+    "or grid changed) never count.")
 
 # --- thresholds (accuracies are fractions: 0.10 = 10 points) ---------------------------------
 MEMORIZED = 0.99           # final train accuracy of a network "trained to memorization"

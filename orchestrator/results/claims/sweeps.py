@@ -16,7 +16,8 @@ from orchestrator.results.claims.regime import (Finding, Row, apart, at_chance_b
                                                 inconclusive, judge, like_groups, mlp_baseline,
                                                 not_testable, num, pct, scale, series,
                                                 sigma_range, sigma_text, sigmas, split_diverged,
-                                                trials_by_sigma, untrained, with_evidence)
+                                                trials_by_sigma, untrained, with_evidence,
+                                                with_finals)
 from orchestrator.results.claims.rules import (LARGE_SCALE, LOGIT_ALIGNMENT_SATURATED,
                                                LOGIT_ALIGNMENT_TINY, MIN_DROP, MIN_RANK_TRIALS,
                                                MIN_RHO, NOT_TESTABLE, SAME_ALIGNMENT, SATURATED,
@@ -115,7 +116,8 @@ def _falls(members, metric: str) -> tuple[list[str], bool, str]:
 def _claim2(members):
     grad_problems, grad_ok, grad = _falls(members, contract.ALIGN_GRAD)
     rep_problems, rep_ok, rep = _falls(members, contract.ALIGN_REP)
-    return grad_problems + rep_problems, grad_ok and rep_ok, f"{grad}; {rep}"
+    return grad_problems + rep_problems, grad_ok and rep_ok, with_finals(
+        f"{grad}; {rep}", members, (contract.ALIGN_GRAD, contract.ALIGN_REP))
 
 
 # --- claim 3 -------------------------------------------------------------------------------------
@@ -148,7 +150,8 @@ def _claim3(members):
         problem = (f"{len(usable)} trial(s) with align/grad and best test < {MIN_RANK_TRIALS}, too "
                    f"few for a rank correlation: add seeds or σ" if len(usable) < MIN_RANK_TRIALS
                    else "ρ undefined: align/grad or best test is constant")
-        return [problem], False, f"n = {len(usable)}"
+        return [problem], False, with_finals(f"n = {len(usable)}", members,
+                                             (contract.ALIGN_GRAD,))
     parts = [f"ρ(align/grad, best test) = {rho[0]:+.2f} (one-sided p = "
              f"{_one_sided(rho):.2g}, n = {rho[2]}; needs ρ >= {MIN_RHO:g})"]
     datasets = sorted({r["dataset"] for r in members})
@@ -157,7 +160,7 @@ def _claim3(members):
             value = _rho([r for r in members if r["dataset"] == dataset])
             parts.append(f"{dataset}: " + ("ρ undefined" if value is None
                                            else f"ρ = {value[0]:+.2f} (n = {value[2]})"))
-    return [], rho[0] >= MIN_RHO, "; ".join(parts)
+    return [], rho[0] >= MIN_RHO, with_finals("; ".join(parts), members, (contract.ALIGN_GRAD,))
 
 
 def _one_sided(rho: tuple[float, float, int]) -> float:
