@@ -52,7 +52,32 @@ def sweep_status(sweep: str, *, tracking_uri: str | None = None, store: str | No
         reader = SweepReader(uri, sweep)
         reader.open_existing()
         echo(format_status(sweep, reader.trial_records()))
+        driver = _driver_line(reader)
+        if driver:
+            echo(driver)
         echo(reader.browse_line(store=str(root) if root else None))
+
+
+def _driver_line(reader: "SweepReader") -> str | None:
+    """Who runs the sweep now (its lease holder: ``orchestrator.tracking.lease``); None when
+    no driver holds an unexpired lease, or the sweep has no parent run."""
+    import time
+
+    from orchestrator.tracking.lease import LeaseHolder
+
+    try:
+        tags = reader.parent_tags()
+    except XmemError:
+        return None
+    holder = LeaseHolder.parse(tags.get(contract.TAG_LEASE_HOLDER))
+    try:
+        expires = float(tags.get(contract.TAG_LEASE_EXPIRES) or 0)
+    except ValueError:
+        return None
+    if holder is None or expires <= time.time():
+        return None
+    until = time.strftime("%H:%M:%S", time.localtime(expires))
+    return f"run now by the driver on {holder.describe()}; its lease runs to {until}"
 
 
 def resume_sweep(sweep: str, *, tracking_uri: str | None = None, store: str | None = None,

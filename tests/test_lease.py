@@ -112,6 +112,9 @@ def test_a_live_holder_elsewhere_is_refused_until_its_lease_expires(mlflow_serve
     with pytest.raises(XmemError, match="host far-away-host, pid 4242"):
         take_lease(SweepTracker(mlflow_server.uri, name), command=COMMAND, times=FAST)
     assert _lease_tags(mlflow_server.uri, run_id)[0] == holder            # nothing changed
+    status = CliRunner().invoke(main, ["status", name, "--tracking-uri", mlflow_server.uri])
+    assert status.exit_code == 0, status.output
+    assert "run now by the driver on host far-away-host, pid 4242" in status.output
     MlflowClient(mlflow_server.uri).set_tag(run_id, TAG_LEASE_EXPIRES, f"{time.time() - 1:.0f}")
     lease = take_lease(SweepTracker(mlflow_server.uri, name), command=COMMAND, times=FAST)
     lease.release()

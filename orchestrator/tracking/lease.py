@@ -37,8 +37,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mlflow.entities import RunTag
-
 from workers.contract import TAG_LEASE_EXPIRES, TAG_LEASE_HOLDER
 from workers.errors import XmemError
 
@@ -177,7 +175,7 @@ class SweepLease:
         """Another driver's holder, when the heartbeat found that it took the lease."""
 
     def read(self) -> LeaseState:
-        tags = self.tracker.client.get_run(self.run_id).data.tags
+        tags = self.tracker.run_tags(self.run_id)
         try:
             expires = float(tags.get(TAG_LEASE_EXPIRES) or 0)
         except ValueError:
@@ -223,8 +221,7 @@ class SweepLease:
         try:
             state = self.read()
             if state.holder is not None and state.holder.token == self.holder.token:
-                self.tracker.client.log_batch(self.run_id, tags=[RunTag(TAG_LEASE_EXPIRES,
-                                                                        RELEASED)])
+                self.tracker.set_run_tags(self.run_id, {TAG_LEASE_EXPIRES: RELEASED})
         except Exception as error:  # noqa: BLE001 - a release is best effort, said
             until = _clock(time.time() + self.times.duration)
             echo(f"note: the sweep's lease could not be released ({_first(error)}); it expires "
@@ -232,9 +229,8 @@ class SweepLease:
 
     # --- internals ----------------------------------------------------------------------
     def _write(self, expires: float) -> None:
-        self.tracker.client.log_batch(self.run_id, tags=[
-            RunTag(TAG_LEASE_HOLDER, self.holder.to_tag()),
-            RunTag(TAG_LEASE_EXPIRES, f"{expires:.0f}")])
+        self.tracker.set_run_tags(self.run_id, {TAG_LEASE_HOLDER: self.holder.to_tag(),
+                                                TAG_LEASE_EXPIRES: f"{expires:.0f}"})
 
     def _beat(self) -> None:
         """The heartbeat: renew while the lease is ours; stop (with a word on stderr) when
@@ -249,8 +245,8 @@ class SweepLease:
                           file=sys.stderr)
                     return
                 if not self._stop.is_set():
-                    self.tracker.client.log_batch(self.run_id, tags=[RunTag(
-                        TAG_LEASE_EXPIRES, f"{time.time() + self.times.duration:.0f}")])
+                    self.tracker.set_run_tags(self.run_id, {
+                        TAG_LEASE_EXPIRES: f"{time.time() + self.times.duration:.0f}"})
             except Exception:  # noqa: BLE001 - an outage: the next beat tries again
                 continue
 

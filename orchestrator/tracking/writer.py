@@ -307,6 +307,14 @@ class SweepTracker(SweepReader):
             if run is not None and run.data.tags.get(TAG_TRIAL_INDEX) != index:
                 self.client.set_tag(run.info.run_id, TAG_TRIAL_INDEX, index)
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """A run's tags, as the server has them now."""
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set ``tags`` on a run in one request."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def tag_parent_run(self, tags: dict[str, str]) -> None:
         """Set tags on this sweep's parent run (after ``start_parent_run``)."""
         self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
