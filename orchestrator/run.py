@@ -9,7 +9,9 @@
    (``orchestrator.preflight``); start an embedded MLflow server when there is no tracking URI,
    and Ray (the two start-ups overlap); check the resources against the cluster. Every
    problem of this step is reported together, and nothing is left behind;
-3. **plan**: create or find the experiment and the parent run, decide what to do with every
+3. **plan**: create or find the experiment and the parent run, take the sweep's lease (one
+   driver per sweep: ``orchestrator.tracking.lease``; released when the sweep ends, however it
+   ends), decide what to do with every
    trial (``orchestrator.plan``), create or find one child run per trial, and write the
    trials view that the printed link opens (``orchestrator.tracking.runs_view``);
 4. **launch**: run the trials on Tune (workers log their own metrics and artifacts);
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,12 +41,13 @@ from orchestrator.text import count, format_seconds
 from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
 from workers.contract import (RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, TAG_SPEC_PATH,
-                              TAG_STORAGE, PackPayload, TrialPayload)
+                              TAG_STORAGE, TAG_WORKDIR, PackPayload, TrialPayload)
 
 # Exit codes of xmem sweep / resume beyond 0 (done) and 2 (a user error before the start).
 EXIT_UNFINISHED, EXIT_INTERRUPTED = 1, 130
 
 if TYPE_CHECKING:  # heavy modules, imported by the steps that need them
+    from orchestrator.tracking.lease import SweepLease
     from orchestrator.tracking.server import LocalTrackingServer
     from orchestrator.tracking.writer import SweepTracker
     from orchestrator.tune_runner import ClusterInfo
@@ -71,6 +75,20 @@ class SweepOutcome:
         return 0 if all(row["status"] in RESULT_STATUSES for row in self.rows) else EXIT_UNFINISHED
 
 
+@dataclass(frozen=True)
+class SpecOrigin:
+    """Where a sweep run from a copy of its spec (``xmem resume``: the spec artifact stored
+    with the sweep) really comes from."""
+
+    spec_path: str
+    """The spec file the sweep ran from (recorded again on the parent run, shown in advice)."""
+    workdir: str
+    """The folder relative ``data_dir`` / ``data_file`` paths resolved against when the sweep
+    ran (its driver's working directory)."""
+    command: str
+    """The command that reruns the sweep (``xmem resume NAME``)."""
+
+
 @dataclass
 class _Services:
     """What the services step started or joined (stop them with ``stop``)."""
@@ -90,7 +108,8 @@ class _Services:
 def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, dry_run: bool = False, restart_failed: bool = False,
               store: str | None = None, echo: Callable[[str], None] = print,
-              live: bool = False) -> SweepOutcome | None:
+              live: bool = False, take_over: bool = False,
+              origin: SpecOrigin | None = None) -> SweepOutcome | None:
     """Run (or, with ``dry_run``, only show) the sweep in ``spec_path``. See the module doc.
 
     Rerunning a sweep that exists in the tracking server resumes it (``orchestrator.plan``):
@@ -98,7 +117,14 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     checkpoint (``restart_failed``: failed ones start over), new grid points run.
 
     ``store``: the folder of the embedded MLflow server when there is no tracking URI
-    (default ``<storage>/mlflow``).
+    (default ``<storage>/mlflow``). ``take_over``: take the sweep's lease from the driver
+    holding it (``orchestrator.tracking.lease``). ``origin``: ``spec_path`` is a copy of the
+    sweep's spec (``xmem resume``); relative data paths resolve against ``origin.workdir``
+    instead of the working directory.
+
+    Raises:
+        XmemError: a bad spec or setting, a preflight problem, another driver holding the
+            sweep's lease, or a tracking server that stopped answering the driver.
     """
     started = time.perf_counter()
     spec = load_spec(spec_path)
@@ -112,18 +138,28 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         echo(_packing_line(spec, sizing, trials))
         return None
 
+    # Trial ids are computed from the paths as written; the configs sent out hold them
+    # resolved, against the folder they resolved against when the sweep first ran.
+    workdir = Path(origin.workdir) if origin else Path.cwd()
+    trials = [dataclasses.replace(t, config=worker_config(t.config, workdir)) for t in trials]
+    shown_path = origin.spec_path if origin else spec_path
     settings = resolve_settings(spec, address, tracking_uri, storage)
     timings: dict[str, float] = {}
-    services = _preflight_and_start(spec, spec_path, trials, settings, store, timings, started)
+    services = _preflight_and_start(spec, shown_path, trials, settings, store, timings, started)
+    lease: "SweepLease | None" = None
     try:
         echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({services.cluster.address}: "
              f"{services.cluster.cpus:g} CPU, {services.cluster.gpus:g} GPU), tracking {services.uri}"
              + (" (embedded server)" if services.server else ""))
         from orchestrator.tracking.writer import SweepTracker
 
+        from orchestrator.tracking.lease import take_lease
+
         tracker = SweepTracker(services.uri, spec.name)
-        plan, run_ids, start_epochs = _plan(tracker, spec, spec_path, trials, settings,
-                                            restart_failed, echo)
+        lease = take_lease(tracker, take_over=take_over, echo=echo,
+                           command=origin.command if origin else f"xmem sweep {spec_path}")
+        plan, run_ids, start_epochs = _plan(tracker, spec, shown_path, trials, settings,
+                                            restart_failed, echo, workdir)
         trials_started = time.perf_counter()
         errors, interrupted = _launch(spec, plan, run_ids, start_epochs, services, settings,
                                       echo, live)
@@ -137,10 +173,12 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         # The embedded server stops with the sweep: xmem ui serves its store afterwards.
         browse = tracker.browse_line(store=str(services.server.root) if services.server else None)
     finally:
+        if lease is not None:
+            lease.release(echo)
         services.stop()
     timings["total_s"] = time.perf_counter() - started
     outcome = SweepOutcome(spec, trials, rows, services.uri, url, timings, interrupted, browse)
-    _summarize(outcome, spec_path, services.server, echo)
+    _summarize(outcome, shown_path, services.server, echo)
     return outcome
 
 
@@ -210,10 +248,11 @@ def _start_services(settings: SweepSettings, root: Path | None, timings: dict[st
 
 
 def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list[TrialPoint],
-          settings: SweepSettings, restart_failed: bool, echo: Callable[[str], None]
-          ) -> tuple[SweepPlan, dict[str, str], dict[str, int]]:
+          settings: SweepSettings, restart_failed: bool, echo: Callable[[str], None],
+          workdir: Path) -> tuple[SweepPlan, dict[str, str], dict[str, int]]:
     """The experiment, the parent run, the resume plan, and a run per trial to run:
-    (the plan, trial id -> run id, trial id -> the epoch it resumes from)."""
+    (the plan, trial id -> run id, trial id -> the epoch it resumes from). Call it holding
+    the sweep's lease (``take_lease`` found the parent run)."""
     from orchestrator.checkpoints import delete_checkpoints, resume_candidates, scan_checkpoints
 
     # First: an unreadable storage (expired credentials, a stale mount) stops the sweep here,
@@ -222,7 +261,8 @@ def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list
     tracker.ensure_experiment(spec.description)
     parent_run_id = tracker.start_parent_run(spec.raw, len(trials))
     tracker.tag_parent_run({TAG_STORAGE: settings.storage,
-                            TAG_SPEC_PATH: str(Path(spec_path).resolve())})
+                            TAG_SPEC_PATH: str(Path(spec_path).resolve()),
+                            TAG_WORKDIR: str(workdir)})
     runs = tracker.trial_runs()
     # Hashes are checked only for trials that may resume (a finished one needs no checkpoint).
     unfinished = {t.trial_id for t in trials if not ended_with_result(runs.get(t.trial_id))}
@@ -332,13 +372,14 @@ def _summarize(outcome: SweepOutcome, spec_path: str, server: "LocalTrackingServ
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def worker_config(config: TrialConfig) -> TrialConfig:
-    """The config a worker receives: relative paths made absolute against the driver's working
-    directory (workers run elsewhere); ``~`` is left for each worker to expand in its own home."""
+def worker_config(config: TrialConfig, base: str | os.PathLike | None = None) -> TrialConfig:
+    """The config a worker receives: relative paths made absolute against ``base`` (default:
+    the driver's working directory; workers run elsewhere); ``~`` is left for each worker to
+    expand in its own home."""
     def absolute(path: str) -> str:
         if "://" in path or path.startswith("~") or Path(path).is_absolute():
             return path
-        return str(Path(path).resolve())
+        return str((Path(base) if base is not None else Path.cwd()).joinpath(path).resolve())
 
     changes: dict[str, Any] = {"data_dir": absolute(config.data_dir)}
     if config.data_file:

@@ -1,9 +1,12 @@
-"""User errors of ``xmem ui`` and ``xmem report`` caught before any server starts, and the
-trial keys' ranges (exit code 2, a message naming what was wrong, nothing created)."""
+"""User errors of ``xmem ui`` and ``xmem report`` caught before any server starts, the
+trial keys' ranges, and a tracking server that stops answering ``xmem sweep``'s driver (exit
+code 2, a message naming what was wrong, nothing created)."""
 
 from __future__ import annotations
 
 import sys
+import time
+import uuid
 
 import pytest
 from click.testing import CliRunner
@@ -74,3 +77,42 @@ def test_seeds_fit_in_31_bits(key):
 def test_float_keys_must_be_finite(key, value):
     (problem,) = key_problems(key, value)
     assert problem.startswith(f"'{key}' must be a finite number, got ")
+
+
+# A stopped server is given up on after 3 retries (0 + 2 + 4 s of back-off, up to 1 s of
+# jitter each: writer.DRIVER_CLIENT_ENV), not after MLflow's default of about 4 minutes.
+DRIVER_GIVES_UP_WITHIN_S = 30
+
+
+@pytest.mark.slow
+def test_a_server_that_stops_answering_the_driver_is_a_user_error_within_the_bound(
+        tmp_path, ray_cluster, monkeypatch):
+    """Breaks: the tracking server stops right after preflight found it answering."""
+    from orchestrator import preflight
+    from orchestrator.tracking.server import start_local_server
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    server = start_local_server(tmp_path / "mlflow")
+    checked, stopped = preflight.placement_problems, {}
+
+    def stop_the_server_after_preflight(*args, **kwargs):
+        problems = checked(*args, **kwargs)
+        server.stop()
+        stopped["at"] = time.monotonic()
+        return problems
+
+    monkeypatch.setattr(preflight, "placement_problems", stop_the_server_after_preflight)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: gone-{uuid.uuid4().hex[:8]}\ndefaults:\n  dataset: digits\n"
+                    f"  epochs: 1\n  data_dir: {tmp_path / 'data'}\ngrid:\n  sigma: [1.0]\n")
+    try:
+        result = _invoke("sweep", str(spec), "--address", ray_cluster, "--tracking-uri",
+                         server.uri, "--storage", str(tmp_path / "store"))
+    finally:
+        server.stop()
+    assert "at" in stopped, result.output
+    assert time.monotonic() - stopped["at"] < DRIVER_GIVES_UP_WITHIN_S
+    assert_user_error(result, f"the MLflow tracking server at {server.uri} did not answer",
+                      "checkpoints are safe", "run the same command again")

@@ -1,10 +1,16 @@
-"""The resume decision, the sweep plan and the checkpoint scan (pure, no servers)."""
+"""The resume decision, the sweep plan and the checkpoint scan (pure, no servers); then, with
+a real Ray cluster and MLflow server, resuming from another working directory and by name
+(``xmem resume``: the spec stored with the sweep, its name checked)."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from orchestrator.checkpoints import FoundCheckpoint, TrialCheckpoints, latest_checkpoints
 from orchestrator.expand import TrialPoint, trial_id
@@ -148,3 +154,128 @@ def test_a_torn_copy_of_the_latest_checkpoint_falls_back_to_the_one_before(tmp_p
     state = pack / "checkpoint_000001" / "aaa" / "trial_state.pt"
     state.write_bytes(state.read_bytes()[:100])                 # the copy stopped half-way
     assert latest_checkpoints(str(tmp_path), "sw") == {"aaa": str(pack / "checkpoint_000000" / "aaa")}
+
+
+def test_a_checkpoint_fits_a_config_that_reads_the_same_data_from_elsewhere():
+    from workers.checkpoint import STATE_FORMAT, check_state_fits
+    from workers.errors import XmemError
+
+    saved = TrialConfig.from_mapping({"data_file": "/first/cwd/tables/d.parquet", "sigma": 1.0,
+                                      "data_dir": "/first/cwd/data"})
+    state = {"format": STATE_FORMAT, "config": saved.to_dict()}
+    check_state_fits(state, saved.replace(data_file="/second/cwd/tables/d.parquet",
+                                          data_dir="/second/cwd/data", device="cpu"))
+    with pytest.raises(XmemError, match="differs in: sigma"):
+        check_state_fits(state, saved.replace(data_file="/second/cwd/tables/d.parquet", sigma=2.0))
+
+
+# --- end to end: another working directory, xmem resume ------------------------------------
+
+RELATIVE_DATA_SPEC = """name: {name}
+defaults:
+  dataset: digits
+  data_file: tables/d.parquet
+  data_dir: {data_dir}
+  hidden: 16
+  epochs: 4
+  eval_every: 2
+  align_every: 2
+  probe_per_class: 2
+  checkpoint_every: 2
+grid:
+  sigma: [1.0]
+"""
+
+
+def _table(folder: Path) -> None:
+    """A small digits-like Parquet table at ``folder/tables/d.parquet`` (same bytes each call)."""
+    from test_data import write_image_table
+
+    rng = np.random.default_rng(0)
+    (folder / "tables").mkdir(parents=True)
+    labels = [i % 10 for i in range(80)]
+    images = [rng.integers(0, 17, size=(8, 8, 1), dtype=np.uint8) for _ in labels]
+    write_image_table(folder / "tables" / "d.parquet", ["train"] * 60 + ["test"] * 20, labels,
+                      images)
+
+
+def _interrupt(uri: str, name: str) -> str:
+    """Leave the sweep's one trial as a driver killed with kill -9 leaves it: its run RUNNING,
+    tagged running (its checkpoints stay). Returns the run id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`xmem.role` = 'trial'")
+    client.update_run(run.info.run_id, status="RUNNING")
+    client.set_tag(run.info.run_id, "xmem.status", "running")
+    return run.info.run_id
+
+
+def _trial_run(uri: str, run_id: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri).get_run(run_id)
+
+
+@pytest.mark.slow
+def test_a_trial_with_a_relative_data_file_resumes_from_another_folder_and_by_name(
+        tmp_path, monkeypatch, ray_cluster, mlflow_server):
+    """Breaks: the sweep is rerun from another working directory (holding the same table), then
+    resumed by name from a third one (holding none) after its spec file was overwritten."""
+    from orchestrator.cli import main
+    from orchestrator.run import run_sweep
+
+    name = f"cwd-{uuid.uuid4().hex[:8]}"
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    for folder in (first, second):
+        _table(folder)
+    third.mkdir()
+    spec = first / "s.yaml"
+    spec.write_text(RELATIVE_DATA_SPEC.format(name=name, data_dir=tmp_path / "data"))
+    storage = str(tmp_path / "store")
+    uri = mlflow_server.uri
+    quiet = dict(address=ray_cluster, tracking_uri=uri, storage=storage, echo=lambda line: None)
+
+    monkeypatch.chdir(first)
+    assert [row["status"] for row in run_sweep("s.yaml", **quiet).rows] == ["finished"]
+    run_id = _interrupt(uri, name)
+
+    # Another folder with the same table: the checkpoint (which holds first/tables/d.parquet)
+    # fits the trial, which now reads second/tables/d.parquet.
+    monkeypatch.chdir(second)
+    outcome = run_sweep(str(spec), **quiet)
+    assert [row["status"] for row in outcome.rows] == ["finished"], outcome.rows
+    run = _trial_run(uri, run_id)
+    assert run.data.tags["xmem.status"] == "finished"
+    assert int(run.data.tags["xmem.start_epoch"]) > 0                     # resumed
+    _interrupt(uri, name)
+
+    # By name, from a folder without the table, the spec file now another sweep's: the spec
+    # stored with the sweep runs, its relative path resolved where the last run resolved it.
+    spec.write_text(RELATIVE_DATA_SPEC.format(name="another-sweep", data_dir=tmp_path / "data")
+                    .replace("[1.0]", "[1.0, 2.0, 3.0]"))
+    monkeypatch.chdir(third)
+    result = CliRunner().invoke(main, ["resume", name, "--tracking-uri", uri,
+                                       "--address", ray_cluster])
+    assert result.exit_code == 0, result.output
+    run = _trial_run(uri, run_id)
+    assert run.data.tags["xmem.status"] == "finished"
+    assert int(run.data.tags["xmem.start_epoch"]) > 0
+    assert "1 trial(s)" in result.output and "3 trial(s)" not in result.output
+    assert not list(third.iterdir())                                      # nothing left here
+    assert str(spec) in result.output                                     # the spec it ran from
+
+
+def test_resume_refuses_a_stored_spec_of_another_name(mlflow_server):
+    from conftest import assert_user_error
+    from orchestrator.cli import main
+    from orchestrator.tracking.writer import SweepTracker
+
+    name = f"named-{uuid.uuid4().hex[:8]}"
+    tracker = SweepTracker(mlflow_server.uri, name)
+    tracker.start_parent_run({"name": "someone-else", "grid": {"sigma": [1.0]}}, trial_count=1)
+    tracker.tag_parent_run({"xmem.storage": "/nowhere", "xmem.spec_path": "/nowhere/s.yaml"})
+    result = CliRunner().invoke(main, ["resume", name, "--tracking-uri", mlflow_server.uri])
+    assert_user_error(result, f"sweep {name}: the spec stored with it is named 'someone-else'",
+                      "xmem sweep SPEC.yaml")

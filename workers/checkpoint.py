@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.config import TrialConfig
+from workers.config import DATA_LOCATION_KEYS, TrialConfig
 from workers.contract import CHECKPOINT_INFO_FILE, CHECKPOINT_STATE_FILE
 from workers.errors import XmemError
 
@@ -189,7 +189,10 @@ def load_checkpoint(folder: str | Path, trial_id: str) -> TrialCheckpoint:
 def check_state_fits(state: dict[str, Any], config: TrialConfig) -> None:
     """Refuse a ``Trial.state_dict()`` that the trial of ``config`` cannot continue.
 
-    The device may differ: a checkpoint written on a GPU resumes on a CPU and back.
+    The device may differ: a checkpoint written on a GPU resumes on a CPU and back. So may
+    where the data is read from (``DATA_LOCATION_KEYS``: the absolute paths a driver resolved
+    relative ones to): the trial id, which the checkpoint's folder is named after, already
+    holds ``data_file`` as the spec wrote it.
 
     Raises:
         XmemError: another state format, or a config that differs in a result-changing key.
@@ -199,7 +202,8 @@ def check_state_fits(state: dict[str, Any], config: TrialConfig) -> None:
                         "it was written by another xmem version: restart the trial from scratch")
     saved = TrialConfig.from_mapping(state["config"], source="checkpoint").identity()
     current = config.identity()
-    changed = sorted(k for k in saved if k != "device" and saved[k] != current[k])
+    ignored = ("device", *DATA_LOCATION_KEYS)
+    changed = sorted(k for k in saved if k not in ignored and saved[k] != current[k])
     if changed:
         raise XmemError(f"checkpoint belongs to a different trial config (differs in: "
                         f"{', '.join(changed)}); restart the trial from scratch")

@@ -24,6 +24,11 @@ LOSSES = ("cross_entropy", "hinge", "squared")
 DEVICES = ("auto", "cpu", "cuda")
 # Keys that say where or how often things happen but never change a trial's numbers.
 NON_RESULT_KEYS = ("data_dir", "download", "checkpoint_every")
+# Keys that say where the data is read from. A trial's id holds data_file as written in the
+# spec (another file is other data); a checkpoint holds it resolved on the driver that sent the
+# trial, so a checkpoint resumed by a driver in another working directory (or another mount)
+# differs there in nothing that changes results: ``check_state_fits`` does not compare them.
+DATA_LOCATION_KEYS = ("data_dir", "data_file")
 # The keys trials trained together in one pack (workers.pack) may differ in; they must agree
 # on every other key.
 PACK_FREE_KEYS = ("sigma", "seed", "lr", "momentum", "temperature")

@@ -80,6 +80,7 @@ TAG_TRIAL_INDEX = "xmem.trial_index"  # the trial's place in the spec (0000, 000
 TAG_SYSTEM_METRICS_RUN = "xmem.system_metrics_run"  # the run holding the pack's system/* metrics
 TAG_STORAGE = "xmem.storage"          # on the parent run: the sweep's Tune storage
 TAG_SPEC_PATH = "xmem.spec_path"      # on the parent run: the spec file last run
+TAG_WORKDIR = "xmem.workdir"          # on the parent run: the folder relative data paths resolve against
 # One attempt lineage per run: an attempt that cannot continue a run's metric series (it starts
 # over, or from a checkpoint older than what the run holds) gets a new run, and the old run is
 # tagged with the new one's id; every reader skips runs carrying this tag.

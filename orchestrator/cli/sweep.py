@@ -17,12 +17,16 @@ import click
 @click.option("--dry-run", is_flag=True, help="Validate the spec, print the expanded trials, and exit.")
 @click.option("--restart-failed", is_flag=True,
               help="Start failed trials over from epoch 0 (in their same MLflow run) instead of resuming them.")
+@click.option("--take-over", is_flag=True,
+              help="Take the sweep over from the driver holding its lease (one known to be dead, "
+                   "on another machine) instead of waiting for the lease to expire.")
 def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str | None, dry_run: bool,
-          restart_failed: bool) -> None:
+          restart_failed: bool, take_over: bool) -> None:
     """Run every trial of the sweep SPEC (YAML) and print a results table.
 
     Rerunning a sweep resumes it: finished trials are kept, interrupted or failed ones continue
-    from their latest checkpoint, and new grid points run.
+    from their latest checkpoint, and new grid points run. One driver at a time runs a sweep:
+    a second one refuses while the first holds the sweep's lease.
 
     Example: xmem sweep experiments/quickstart.yaml
     """
@@ -30,6 +34,6 @@ def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str
 
     outcome = run_sweep(spec, address=address, tracking_uri=tracking_uri, storage=storage,
                         dry_run=dry_run, restart_failed=restart_failed, echo=click.echo,
-                        live=sys.stdout.isatty())
+                        live=sys.stdout.isatty(), take_over=take_over)
     if outcome is not None and outcome.exit_code:
         sys.exit(outcome.exit_code)

@@ -17,15 +17,26 @@ What a sweep leaves in the tracking server::
 Every run is found again by its tags, never by remembering ids on the driver: running the
 same sweep twice reuses the experiment, the parent run and each trial's run. The workers log
 their own metrics and artifacts (``workers.mlflow_log``).
+
+Every request the driver makes through a ``SweepTracker`` is bounded (``DRIVER_CLIENT_ENV``:
+a server that refuses connections is given up on after about 10 s, not MLflow's 4 minutes)
+and a request that fails becomes an ``XmemError`` naming the server (``driver_errors``): the
+command exits 2 with a message, the sweep's checkpoints are untouched, and a rerun resumes.
+One driver at a time runs a sweep: it holds a lease on the parent run
+(``orchestrator.tracking.lease``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import time
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
+import mlflow
+import requests
 import yaml
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -49,6 +60,54 @@ MAX_PARAMS_PER_BATCH = 100  # MLflow's limit of params (and of tags) in one log_
 # Without this, MLflow prints "View run ... at" to stdout (under the progress display) when a
 # run ends, and fetches the run once more to do it.
 QUIET_CLIENT_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+# The driver's requests: 3 retries after 1, 2 and 4 s (plus up to 1 s of jitter each), so a
+# stopped server is reported after about 10 s; a server that accepts connections but never
+# answers, after 4 x 15 s. MLflow's default (7 retries, 120 s time-outs) waits minutes. A value
+# the user set wins.
+DRIVER_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def driver_client_env():
+    """``DRIVER_CLIENT_ENV`` (bounded retries) where the user left it unset."""
+    return env_defaults(DRIVER_CLIENT_ENV)
+
+
+@contextlib.contextmanager
+def driver_errors(tracking_uri: str) -> Iterator[None]:
+    """A failed request of the driver (MLflow's error, or the connection's) as an XmemError
+    naming the server and what to do: nothing the sweep checkpointed is lost."""
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as error:
+        summary = first_line(str(error))[:500]
+        raise XmemError(
+            f"the MLflow tracking server at {tracking_uri} did not answer the sweep's driver: "
+            f"{summary}\nThe sweep's checkpoints are safe. Check that the server runs and is "
+            "reachable (--tracking-uri or MLFLOW_TRACKING_URI), then run the same command "
+            "again: the sweep resumes where it stopped.") from error
+
+
+class DriverClient:
+    """An ``MlflowClient`` whose every call runs under ``driver_client_env`` and
+    ``driver_errors``: bounded, and a clear error. ``raw`` is the client itself, for a caller
+    that handles MLflow's errors (a race it expects)."""
+
+    def __init__(self, client: mlflow.MlflowClient, tracking_uri: str):
+        self.raw = client
+        self.tracking_uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.raw, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            with driver_client_env(), driver_errors(self.tracking_uri):
+                return attribute(*args, **kwargs)
+        return bounded
 
 
 class TrialLike(Protocol):
@@ -64,8 +123,15 @@ class SweepTracker(SweepReader):
     creates what is missing.
 
     Every method finds existing objects first (by experiment name and ``xmem.*`` tags), so a
-    rerun of the same sweep continues it instead of duplicating it.
+    rerun of the same sweep continues it instead of duplicating it. Every request is bounded
+    and its failure an XmemError (``DriverClient``).
     """
+
+    def __init__(self, tracking_uri: str, sweep_name: str):
+        super().__init__(tracking_uri, sweep_name)
+        self.client = DriverClient(self.client, tracking_uri)  # type: ignore[assignment]
+        self.created_parent_run_id: str | None = None
+        """The parent run ``open_or_create_parent_run`` created, if it did."""
 
     def ensure_experiment(self, description: str | None = None) -> str:
         """The id of the experiment named after the sweep, created on first use, of MLflow's
@@ -82,14 +148,17 @@ class SweepTracker(SweepReader):
             if description:
                 tags[TAG_NOTE] = description
             try:
-                self.experiment_id = self.client.create_experiment(self.sweep_name, tags=tags)
+                with driver_client_env():
+                    self.experiment_id = self.client.raw.create_experiment(self.sweep_name,
+                                                                           tags=tags)
                 self.experiment_tags = dict(tags)
                 return self.experiment_id
-            except MlflowException:
+            except MlflowException as error:
                 # Created meanwhile by another driver: use theirs.
                 experiment = self.client.get_experiment_by_name(self.sweep_name)
                 if experiment is None:
-                    raise
+                    with driver_errors(self.tracking_uri):
+                        raise error
         if experiment.lifecycle_stage == "deleted":
             raise XmemError(
                 f"the MLflow experiment '{self.sweep_name}' (id {experiment.experiment_id}) on "
@@ -105,17 +174,60 @@ class SweepTracker(SweepReader):
                                            runs_view.MODEL_TRAINING_KIND)
         return self.experiment_id
 
+    def open_or_create_parent_run(self) -> str:
+        """The sweep's parent run (the oldest active one), created when there is none; the
+        experiment is created when missing, but nothing else is changed (the lease is taken
+        on this run before anything is: ``orchestrator.tracking.lease``).
+
+        Two first runs that race both create a parent run: each then keeps the oldest and
+        deletes its own when it is not that one, so both go on with the same run.
+        """
+        if self.experiment_id is None:
+            experiment = self.client.get_experiment_by_name(self.sweep_name)
+            if experiment is None or experiment.lifecycle_stage == "deleted":
+                self.ensure_experiment()  # creates it, or says how to restore a deleted one
+            else:
+                self.experiment_id = experiment.experiment_id
+                self.experiment_tags = dict(experiment.tags)
+        oldest = self.oldest_parent_run_id()
+        if oldest is None:
+            created = self.client.create_run(
+                self.experiment_id, tags={TAG_SWEEP: self.sweep_name, TAG_ROLE: ROLE_PARENT},
+                run_name=self.sweep_name).info.run_id
+            oldest = self.oldest_parent_run_id()
+            if oldest != created:
+                self.client.delete_run(created)  # another driver's is older: use that one
+            else:
+                self.created_parent_run_id = created
+        self.parent_run_id = oldest
+        return oldest
+
+    def drop_created_parent_run(self, run_id: str) -> None:
+        """Delete ``run_id`` if this tracker created it (a first run that lost a race to
+        another driver's older parent run); else leave it."""
+        if self.created_parent_run_id == run_id:
+            self.client.delete_run(run_id)
+            self.created_parent_run_id = None
+
+    def oldest_parent_run_id(self) -> str | None:
+        """The oldest active parent run (start time, then run id: one answer for every
+        driver), or None."""
+        runs = sorted(self._parent_runs(), key=lambda run: (run.info.start_time or 0,
+                                                            run.info.run_id))
+        return runs[0].info.run_id if runs else None
+
     def start_parent_run(self, spec_raw: dict, trial_count: int) -> str:
-        """The sweep's parent run, set to RUNNING: reused when the experiment has one.
+        """The sweep's parent run, set to RUNNING: the oldest active one (the one
+        ``open_or_create_parent_run`` found and the lease is on), created when there is none.
 
         Logs ``spec_raw`` as ``spec.yaml`` (replacing an earlier one) and tags the trial count.
         """
         experiment_id = self._experiment_or_create()
-        existing = self._parent_runs()
+        existing = self.oldest_parent_run_id()
         tags = {TAG_SWEEP: self.sweep_name, TAG_ROLE: ROLE_PARENT,
                 TAG_TRIAL_COUNT: str(trial_count)}
         if existing:
-            run_id = existing[0].info.run_id
+            run_id = existing
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         else:
@@ -193,6 +305,14 @@ class SweepTracker(SweepReader):
             index = runs_view.trial_index(position)
             if run is not None and run.data.tags.get(TAG_TRIAL_INDEX) != index:
                 self.client.set_tag(run.info.run_id, TAG_TRIAL_INDEX, index)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """A run's tags, as the server has them now."""
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set ``tags`` on a run in one request."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def tag_parent_run(self, tags: dict[str, str]) -> None:
         """Set tags on this sweep's parent run (after ``start_parent_run``)."""
