@@ -11,6 +11,11 @@ For every trial of the spec, in this order (the first rule that applies wins):
 5. **restart**  - otherwise (scheduled, interrupted or failed without a checkpoint): start from
                   epoch 0 in the same run.
 
+An *interrupted* trial (Ctrl-C or SIGTERM on the driver: its run ended KILLED with
+``xmem.status`` interrupted) never counts as failed, so ``--restart-failed`` leaves it to rule 4
+or 5. A run still RUNNING (a driver killed, or one that exited at a second Ctrl-C before it
+could mark its runs) is treated the same way: it resumes from its checkpoint.
+
 Runs whose trial id is no longer in the spec (its ``defaults`` changed, or grid points were
 removed) are left alone and reported: their results are never mixed with the new trials'.
 """
@@ -48,6 +53,8 @@ def decide(state: TrialState, restart_failed: bool = False) -> Action:
         return Action.NEW
     if state.run_status == RUN_FINISHED and state.xmem_status in RESULT_STATUSES:
         return Action.SKIP
+    # Only a failed run: an interrupted one (KILLED, xmem.status interrupted) or one a killed
+    # driver left RUNNING resumes even under --restart-failed.
     failed = state.run_status == RUN_FAILED or state.xmem_status == STATUS_FAILED
     if restart_failed and failed:
         return Action.RESTART

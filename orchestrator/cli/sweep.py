@@ -16,13 +16,18 @@ import click
 @click.option("--storage", metavar="PATH", help="Tune storage: local dir, NFS or s3:// (else the spec's, else ./xmem-runs).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec, print the expanded trials, and exit.")
 @click.option("--restart-failed", is_flag=True,
-              help="Start failed trials over from epoch 0 (in their same MLflow run) instead of resuming them.")
+              help="Start failed trials over from epoch 0 (in their same MLflow run) instead of resuming them "
+                   "(interrupted trials still resume).")
 def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str | None, dry_run: bool,
           restart_failed: bool) -> None:
     """Run every trial of the sweep SPEC (YAML) and print a results table.
 
     Rerunning a sweep resumes it: finished trials are kept, interrupted or failed ones continue
     from their latest checkpoint, and new grid points run.
+
+    Ctrl-C (or SIGTERM) stops the running trials as interrupted, prints the table and how to
+    continue, and exits 130; a second Ctrl-C exits at once. Either way a rerun continues from
+    the trials' checkpoints.
 
     Example: xmem sweep experiments/quickstart.yaml
     """
