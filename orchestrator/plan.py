@@ -5,16 +5,22 @@ For every trial of the spec, in this order (the first rule that applies wins):
 1. **new**      - no MLflow run has its trial id: run it from scratch in a new run.
 2. **skip**     - its run ended FINISHED with status finished or diverged: keep it, run nothing.
                   (A diverged trial is a result, never retried.)
-3. **restart**  - ``--restart-failed`` was given and its run failed: start from epoch 0 in the
-                  same run (steps already logged are not logged again).
+3. **restart**  - ``--restart-failed`` was given and its run failed: start from epoch 0 (in a
+                  new run that supersedes the old one as soon as the worker starts: one
+                  attempt lineage per run, ``workers.mlflow_log``).
 4. **resume**   - a complete checkpoint of it, written for one of its runs, exists in the
                   sweep's storage: continue from the newest (``orchestrator.checkpoints``);
                   the worker falls back to the older ones, in order, if it cannot load it.
 5. **restart**  - otherwise (scheduled, interrupted or failed without a checkpoint): start from
-                  epoch 0 in the same run.
+                  epoch 0 (in the same run when it holds no metrics, else in a new one).
 
 A trial whose newest checkpoint is torn or corrupt resumes from its newest complete one, or
 starts over when none is left; the plan's lines name each such trial and say which.
+
+An *interrupted* trial (Ctrl-C or SIGTERM on the driver: its run ended KILLED with
+``xmem.status`` interrupted) never counts as failed, so ``--restart-failed`` leaves it to rule 4
+or 5. A run still RUNNING (a driver killed, or one that exited at a second Ctrl-C before it
+could mark its runs) is treated the same way: it resumes from its checkpoint.
 
 Runs whose trial id is no longer in the spec (its ``defaults`` changed, or grid points were
 removed) are left alone and reported: their results are never mixed with the new trials'.
@@ -56,6 +62,8 @@ def decide(state: TrialState, restart_failed: bool = False) -> Action:
         return Action.NEW
     if _has_result(state.run_status, state.xmem_status):
         return Action.SKIP
+    # Only a failed run: an interrupted one (KILLED, xmem.status interrupted) or one a killed
+    # driver left RUNNING resumes even under --restart-failed.
     failed = state.run_status == RUN_FAILED or state.xmem_status == STATUS_FAILED
     if restart_failed and failed:
         return Action.RESTART

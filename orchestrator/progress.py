@@ -18,6 +18,7 @@ from workers import contract
 from workers.contract import STATUS_DIVERGED as DIVERGED
 from workers.contract import STATUS_FAILED as FAILED
 from workers.contract import STATUS_FINISHED as FINISHED
+from workers.contract import STATUS_INTERRUPTED as INTERRUPTED
 from workers.contract import STATUS_PENDING as PENDING
 from workers.contract import STATUS_RUNNING as RUNNING
 from workers.contract import TRIAL_STATUSES as STATES
@@ -101,6 +102,14 @@ class SweepProgress:
             trial.epoch = trial.epochs
         self.tick(force=True)
 
+    def interrupted(self) -> None:
+        """Ctrl-C or SIGTERM stopped the sweep: every trial still running is interrupted
+        (trials not started stay pending)."""
+        for trial in self.trials.values():
+            if trial.state == RUNNING:
+                trial.state = INTERRUPTED
+        self.tick(force=True)
+
     def tick(self, force: bool = False) -> None:
         now = self.clock()
         if not force and now - self.last_print < (1.0 if self.live else self.interval_s):
@@ -143,7 +152,8 @@ class SweepProgress:
         elapsed = self.clock() - self.started_at
         fraction = self.fraction_done()
         eta = format_seconds(elapsed * (1 - fraction) / fraction) if fraction > 0.02 else "?"
-        states = " | ".join(f"{counts[s]} {s}" for s in STATES)
+        # "interrupted" only once there are some: it is the state of a stopped sweep alone.
+        states = " | ".join(f"{counts[s]} {s}" for s in STATES if s != INTERRUPTED or counts[s])
         return f"[{format_seconds(elapsed)}] {states} | {fraction:5.1%} of epochs | ~{eta} left"
 
 
@@ -166,13 +176,19 @@ def format_results_table(rows: list[dict[str, Any]], varying_keys: list[str]) ->
 
 
 def closing_advice(rows: list[dict[str, Any]], rerun: str) -> list[str]:
-    """What to do about the trials that did not finish, by why: a user error needs its input
-    fixed first (rerunning as is fails the same way); a crash or an interruption resumes on
-    a rerun. ``rerun`` is the command that reruns the sweep. Empty when all finished."""
+    """What to do about the trials that did not finish, by why: an interrupted trial (Ctrl-C
+    or SIGTERM) continues from its checkpoint on a rerun; a user error needs its input fixed
+    first (rerunning as is fails the same way); a crash resumes on a rerun. ``rerun`` is the
+    command that reruns the sweep. Empty when all finished."""
     undone = [row for row in rows if row.get("status") not in RESULT_STATUSES]
+    stopped = [row for row in undone if row.get("status") == INTERRUPTED]
+    undone = [row for row in undone if row.get("status") != INTERRUPTED]
     user = [row for row in undone if row.get("error_kind") == ERROR_USER]
     others = [row for row in undone if row.get("error_kind") != ERROR_USER]
     advice = []
+    if stopped:
+        advice.append(f"Interrupted: {count(len(stopped), 'trial')} stopped (not failed); rerun "
+                      f"`{rerun}` to continue from their checkpoints (one with none starts over)")
     if user:
         advice.append(f"{count(len(user), 'trial')} failed on a user error (the error column): "
                       f"fix the spec or the data, then rerun: {rerun}")

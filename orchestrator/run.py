@@ -15,9 +15,15 @@
    trial (``orchestrator.plan``), create or find one child run per trial, and write the
    trials view that the printed link opens (``orchestrator.tracking.runs_view``);
 4. **launch**: run the trials on Tune (workers log their own metrics and artifacts);
-5. **reconcile**: end FAILED the runs of trials whose workers died without a word;
+5. **reconcile**: end FAILED the runs of trials whose workers died without a word, and, after
+   an interrupt, end *interrupted* (KILLED) the runs that were stopped before they said so;
 6. **summarize**: read the runs back, end the parent run, print the results table and where
    to look next (a link to the trials in the MLflow UI).
+
+Interrupts: Ctrl-C or SIGTERM while the trials run stops them as interrupted, not failed
+(``orchestrator.tune_runner.run_trials``), and the sweep exits 130 after its table and a line on how
+to continue. A second one exits at once: the runs left RUNNING resume from their checkpoints
+on the next rerun (``orchestrator.plan``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from orchestrator import packing
 from orchestrator.expand import TrialPoint, expand_trials, shown_keys
@@ -40,8 +46,8 @@ from orchestrator.spec import SweepSpec, load_spec
 from orchestrator.text import count, format_seconds
 from orchestrator.tracking.records import TrialRecord
 from workers.config import TrialConfig
-from workers.contract import (RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, TAG_SPEC_PATH,
-                              TAG_STORAGE, TAG_WORKDIR, PackPayload, TrialPayload)
+from workers.contract import (RESULT_STATUSES, RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING,
+                              TAG_SPEC_PATH, TAG_STORAGE, TAG_WORKDIR, PackPayload, TrialPayload)
 
 # Exit codes of xmem sweep / resume beyond 0 (done) and 2 (a user error before the start).
 EXIT_UNFINISHED, EXIT_INTERRUPTED = 1, 130
@@ -62,14 +68,14 @@ class SweepOutcome:
     experiment_url: str
     timings: dict[str, float]
     interrupted: bool = False
-    """Ctrl-C (SIGINT) stopped the trials before they ended."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped the trials before they ended."""
     browse: str = ""
     """The last line printed: where to look at the trials in the MLflow UI."""
 
     @property
     def exit_code(self) -> int:
-        """0: every trial finished or diverged; 130: interrupted; 1: some trials failed or
-        did not finish (the output says how to continue)."""
+        """0: every trial finished or diverged; 130: interrupted (Ctrl-C or SIGTERM); 1: some
+        trials failed or did not finish (the output says how to continue)."""
         if self.interrupted:
             return EXIT_INTERRUPTED
         return 0 if all(row["status"] in RESULT_STATUSES for row in self.rows) else EXIT_UNFINISHED
@@ -147,6 +153,7 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
     timings: dict[str, float] = {}
     services = _preflight_and_start(spec, shown_path, trials, settings, store, timings, started)
     lease: "SweepLease | None" = None
+    rerun = origin.command if origin else f"xmem sweep {spec_path}"
     try:
         echo(f"sweep {spec.name}: {len(trials)} trial(s) on Ray ({services.cluster.address}: "
              f"{services.cluster.cpus:g} CPU, {services.cluster.gpus:g} GPU), tracking {services.uri}"
@@ -156,22 +163,25 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
         from orchestrator.tracking.lease import take_lease
 
         tracker = SweepTracker(services.uri, spec.name)
-        lease = take_lease(tracker, take_over=take_over, echo=echo,
-                           command=origin.command if origin else f"xmem sweep {spec_path}")
+        lease = take_lease(tracker, take_over=take_over, echo=echo, command=rerun)
         plan, run_ids, start_epochs = _plan(tracker, spec, shown_path, trials, settings,
                                             restart_failed, echo, workdir)
         trials_started = time.perf_counter()
         errors, interrupted = _launch(spec, plan, run_ids, start_epochs, services, settings,
                                       echo, live)
         timings["trials_s"] = time.perf_counter() - trials_started
-        runs = _reconcile(tracker, errors)
+        runs = _reconcile(tracker, errors, interrupted, [t.trial_id for t in plan.to_run])
         _prune_checkpoints(tracker, runs, settings, spec, echo)
         rows = [_result_row(trial, runs.get(trial.trial_id)) for trial in trials]
         done = all(row["status"] in RESULT_STATUSES for row in rows)
-        tracker.finish_parent_run(RUN_FINISHED if done else RUN_FAILED)
+        tracker.finish_parent_run(RUN_KILLED if interrupted else RUN_FINISHED if done else RUN_FAILED)
         url = tracker.experiment_url()
         # The embedded server stops with the sweep: xmem ui serves its store afterwards.
         browse = tracker.browse_line(store=str(services.server.root) if services.server else None)
+    except KeyboardInterrupt:  # Ctrl-C outside the trials, or a second one: no waiting, no table
+        echo(f"\nStopped at once; the trials' runs are left as they were. Rerun "
+             f"`{rerun}` to continue from their checkpoints.")
+        raise
     finally:
         if lease is not None:
             lease.release(echo)
@@ -310,6 +320,8 @@ def _launch(spec: SweepSpec, plan: SweepPlan, run_ids: dict[str, str],
         gpu=spec.resources.gpu, max_concurrent=spec.max_concurrent,
         max_failures=spec.max_failures, events=progress,
         session=time.strftime("%Y%m%d-%H%M%S"))
+    if ran.interrupted:
+        progress.interrupted()
     progress.close()
     return ran.errors, ran.interrupted
 
@@ -342,15 +354,24 @@ def _packing_line(spec: SweepSpec, sizing: "packing.PackSizing", trials: list[Tr
     return sizing.reason
 
 
-def _reconcile(tracker: "SweepTracker", errors: dict[str, str]) -> dict[str, TrialRecord]:
+def _reconcile(tracker: "SweepTracker", errors: dict[str, str], interrupted: bool = False,
+               ran: Sequence[str] = ()) -> dict[str, TrialRecord]:
     """The trials' runs after the launch, with the runs of workers that died silently
-    (killed, out of memory: their run still RUNNING) ended FAILED with Tune's error."""
+    (killed, out of memory: their run still RUNNING) ended FAILED with Tune's error; and, when
+    the launch was ``interrupted``, the runs of trials in ``ran`` (trial ids this session ran)
+    still RUNNING ended interrupted: Ray ends a stopped worker within seconds, often before it
+    could end its runs itself (``workers.tune_trial``)."""
     runs = tracker.trial_runs()
+    ended = (RUN_FINISHED, RUN_FAILED, RUN_KILLED)
     died = [(runs[tid].run_id, error) for tid, error in errors.items()
-            if tid in runs and runs[tid].run_status not in (RUN_FINISHED, RUN_FAILED)]
+            if tid in runs and runs[tid].run_status not in ended]
     for run_id, error in died:
         tracker.mark_trial_failed(run_id, error)
-    return tracker.trial_runs() if died else runs
+    stopped = [runs[tid].run_id for tid in ran if interrupted and tid in runs and tid not in errors
+               and runs[tid].run_status == RUN_RUNNING]
+    for run_id in stopped:
+        tracker.mark_trial_interrupted(run_id)
+    return tracker.trial_runs() if died or stopped else runs
 
 
 def _summarize(outcome: SweepOutcome, spec_path: str, server: "LocalTrackingServer | None",
@@ -363,8 +384,6 @@ def _summarize(outcome: SweepOutcome, spec_path: str, server: "LocalTrackingServ
     echo(f"{len(outcome.trials)} trial(s) in {format_seconds(timings['total_s'])} "
          f"(Ray start-up {timings['ray_start_s']:.1f} s"
          + (f", MLflow server ready after {timings['mlflow_start_s']:.1f} s" if server else "") + ")")
-    if outcome.interrupted:
-        echo("Interrupted (Ctrl-C): the trials that were running stopped.")
     for line in closing_advice(outcome.rows, f"xmem sweep {spec_path}"):
         echo(line)
     echo(outcome.browse or f"Browse the runs: {outcome.experiment_url}")

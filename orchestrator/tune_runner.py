@@ -31,6 +31,17 @@ logging.getLogger("ray._private.authentication.authentication_token_setup").setL
 # warns about every trial; the results are in MLflow.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
+
+class _NoTuneRestoreAdvice(logging.Filter):
+    """After a Ctrl-C Tune advises ``Tuner.restore(...)``; xmem resumes by rerunning the sweep
+    (and says so), so that advice is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreAdvice())
+
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
@@ -193,11 +204,23 @@ class TrialsRun:
     retries); members that ended with a result before the error are included too (the
     caller checks their runs)."""
     interrupted: bool
-    """Ctrl-C stopped the run before every trial ended."""
+    """Ctrl-C or SIGTERM stopped the run before every trial ended."""
 
 
 def _interrupt_marker(signum, frame):
+    """The SIGINT handler Tune finds and puts back after the first Ctrl-C: a second one
+    raises KeyboardInterrupt, which leaves ``tuner.fit`` at once (no waiting for trials)."""
     raise KeyboardInterrupt
+
+
+def _sigterm_as_ctrl_c(signum, frame):
+    """SIGTERM, what clusters, batch schedulers and container runtimes send to stop a job,
+    does what Ctrl-C does: it runs the SIGINT handler of the moment (Tune's the first time,
+    ``_interrupt_marker`` after)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # SIGINT ignored (a background job): stop anyway, at once
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: float,
@@ -213,6 +236,11 @@ def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: 
 
     Ctrl-C: Tune's own SIGINT handler stops the trials and returns; it puts back the handler
     it found, which is how this function learns of the interrupt (``TrialsRun.interrupted``).
+    Tune stops a trial by raising SystemExit in its worker at its next report (the worker
+    ends its runs interrupted, ``workers.tune_trial``) and ends the worker process seconds
+    later. SIGTERM does the same (``_sigterm_as_ctrl_c``). A second Ctrl-C or SIGTERM raises
+    KeyboardInterrupt out of this function at once; what the trials checkpointed is in
+    storage, and the runs left RUNNING resume on the next rerun (``orchestrator.plan``).
     """
     names = {p.pack_id: p.name for p in packs}
     folders = {p.pack_id: f"{_dirname(p.name)}-{p.pack_id}-{session}" for p in packs}
@@ -237,8 +265,12 @@ def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: 
     )
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    previous_term = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     if in_main_thread:
         signal.signal(signal.SIGINT, _interrupt_marker)
+        # Set after ray.init, which installs its own SIGTERM handlers (sys.exit in Python,
+        # then a C one that aborts): this one replaces both while the trials run.
+        signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         results = tuner.fit()
     finally:
@@ -246,6 +278,7 @@ def run_trials(sweep_name: str, packs: list[PackPayload], *, storage: str, cpu: 
             and not _tune_sigint_disabled()
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
     # Results are matched to packs by their folder's name: a pack that failed before its
     # first report (its node cannot reach the storage, say) has no config in its result.
     pack_of_folder = {folder: pack for pack in packs for folder in [folders[pack.pack_id]]}

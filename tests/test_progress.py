@@ -24,8 +24,10 @@ def test_counts_and_eta_from_epochs_done():
     clock.now = 10.0
     progress.trial_result("a", 5, "running")
     progress.trial_completed("a", "finished")      # 10 of 20 epochs in 10 s -> ~10 s left
-    assert progress.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 0, "diverged": 0}
+    assert progress.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 0, "diverged": 0,
+                                 "interrupted": 0}
     assert "1 pending" in lines[-1] and "1 finished" in lines[-1]
+    assert "interrupted" not in lines[-1]           # shown only once a sweep is interrupted
     assert "50.0% of epochs" in lines[-1] and "~0:10 left" in lines[-1]
     progress.trial_started("b")
     progress.trial_completed("b", "diverged")
@@ -45,6 +47,34 @@ def test_a_resumed_trial_counts_only_the_epochs_left_to_train():
     progress.trial_result("a", 931, "running")     # 30 of 99 in 100 s: 69 more take 230 s
     assert progress.fraction_done() == 30 / 99
     assert "30.3% of epochs" in progress.summary() and "~3:50 left" in progress.summary()
+
+
+def test_an_interrupt_shows_running_trials_as_interrupted_and_pending_ones_as_pending():
+    lines = []
+    progress = SweepProgress({"a": 5, "b": 5, "c": 5}, echo=lines.append)
+    progress.trial_started("a")
+    progress.trial_started("b")
+    progress.trial_completed("b", "finished")
+    progress.interrupted()
+    assert progress.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 0,
+                                 "diverged": 0, "interrupted": 1}
+    assert "1 interrupted" in lines[-1] and "0 running" in lines[-1]
+
+
+def test_interrupted_trials_are_told_to_continue_from_their_checkpoints_not_as_failed():
+    from orchestrator.progress import closing_advice
+
+    rows = [{"name": "a", "status": "interrupted", "error": "an earlier attempt's", "error_kind": "user"},
+            {"name": "b", "status": "interrupted"},
+            {"name": "c", "status": "scheduled"},
+            {"name": "d", "status": "finished"}]
+    advice = closing_advice(rows, "xmem sweep s.yaml")
+    assert advice[0] == ("Interrupted: 2 trials stopped (not failed); rerun `xmem sweep s.yaml` to "
+                         "continue from their checkpoints (one with none starts over)")
+    assert advice[1].startswith("1 trial did not finish. Rerun to resume them")
+    assert not any("failed on a user error" in line or "trial failed" in line for line in advice)
+    table = format_results_table(rows, [])
+    assert table.splitlines()[2].split()[:2] == ["a", "interrupted"]
 
 
 def test_a_retried_trial_goes_back_to_pending():
@@ -155,6 +185,7 @@ def test_sweep_exit_codes_tell_the_truth():
     assert outcome("finished", "running").exit_code == 1
     assert outcome("finished", None).exit_code == 1
     assert outcome("finished", "running", interrupted=True).exit_code == 130
+    assert outcome("finished", "interrupted", interrupted=True).exit_code == 130
 
 
 def test_ctrl_c_outside_the_trials_exits_130(monkeypatch, tmp_path):

@@ -90,6 +90,29 @@ def test_plan_keeps_finished_resumes_interrupted_runs_new_and_reports_stale_runs
     assert "no longer in the spec (old-defaults)" in text
 
 
+def test_interrupted_trials_resume_even_under_restart_failed_and_never_count_as_failed():
+    """Ctrl-C ends runs KILLED with xmem.status interrupted (or, after a second Ctrl-C, leaves
+    them RUNNING): they continue from their checkpoint, or start over without one, and
+    --restart-failed (meant for failed trials) does not send them back to epoch 0."""
+    stopped, left_running, no_checkpoint, failed = _point(0.1), _point(1.0), _point(3.0), _point(10.0)
+    runs = {stopped.trial_id: _run("sigma0.1", "KILLED", "interrupted"),
+            left_running.trial_id: _run("sigma1", "RUNNING", "running"),
+            no_checkpoint.trial_id: _run("sigma3", "KILLED", "interrupted"),
+            failed.trial_id: _run("sigma10", "FAILED", "failed")}
+    checkpoints = {stopped.trial_id: "/c/5", left_running.trial_id: "/c/7", failed.trial_id: "/c/9"}
+    for restart_failed in (False, True):
+        plan = plan_sweep([stopped, left_running, no_checkpoint, failed], runs, checkpoints,
+                          restart_failed)
+        assert plan.actions[stopped.trial_id] is Action.RESUME
+        assert plan.actions[left_running.trial_id] is Action.RESUME
+        assert plan.actions[no_checkpoint.trial_id] is Action.RESTART
+        assert plan.checkpoints[stopped.trial_id] == "/c/5"
+        assert plan.actions[failed.trial_id] is (Action.RESTART if restart_failed else Action.RESUME)
+        # Only the failed trial's checkpoints are deleted under --restart-failed.
+        assert plan.restarting == ({no_checkpoint.trial_id, failed.trial_id} if restart_failed
+                                   else {no_checkpoint.trial_id})
+
+
 def test_latest_checkpoint_is_the_highest_epoch_across_sessions(tmp_path):
     def write(trial_dir: str, checkpoint: str, trial: str, epoch: int) -> None:
         folder = tmp_path / "sw" / trial_dir / checkpoint

@@ -103,45 +103,7 @@ max_failures: 0
     assert outcome.exit_code == 1
 
 
-def test_ctrl_c_stops_the_sweep_and_exits_130(tmp_path, ray_cluster, mlflow_server):
-    """SIGINT to a running ``xmem sweep``: Tune stops the trials, the table is printed, and
-    the exit code says interrupted (130), not done (0) or failed (1)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    spec, _ = _spec(tmp_path, """
-grid:
-  sigma: [0.01, 10.0]
-max_failures: 0
-""")
-    spec.write_text(spec.read_text().replace("epochs: 4", "epochs: 100000"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "sweep", str(spec), "--address", ray_cluster,
-         "--tracking-uri", mlflow_server.uri, "--storage", str(tmp_path / "store")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            lines.append(line)
-            if " running " in line and not line.split("|")[1].strip().startswith("0 running"):
-                break
-        else:
-            raise AssertionError("no trial started: " + "".join(lines))
-        time.sleep(3)                       # the trials are training
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, "".join(lines) + output
-    assert "Interrupted (Ctrl-C)" in output and "Rerun to resume them" in output
+# Ctrl-C and SIGTERM on a running sweep: tests/test_interrupt.py.
 
 
 def test_dry_run_prints_the_trials_and_creates_nothing(tmp_path, mlflow_server):

@@ -10,10 +10,11 @@ worker builds a ``TrialRunLogger`` from the tracking URI and the run id it was g
         logger.log_record(record)          # queued, nothing sent
         logger.flush()                     # when the caller chooses: log_batch, <= 1000 a request
     logger.log_final_artifacts(config, logger.history, logger.alignment_rows, model_state)
-    logger.finish("finished")              # or "diverged"; on an exception: logger.fail(text)
+    logger.finish("finished")              # or "diverged"; on an exception: logger.fail(text);
+                                           # stopped by the driver (Ctrl-C): logger.interrupt()
 
 What a run holds after it: metrics named as in ``workers.contract`` with ``step = epoch``;
-tags ``xmem.status`` (running | finished | diverged | failed), ``xmem.attempts`` and the
+tags ``xmem.status`` (running | finished | diverged | failed | interrupted), ``xmem.attempts`` and the
 caller's tags; its dataset as an MLflow dataset input (``dataset_input``); artifacts
 ``config.yaml``, ``history.parquet`` (one row per evaluated epoch: ``epoch`` and one float
 column per metric, null where not measured), ``alignment.parquet`` (rows ``epoch, metric,
@@ -52,7 +53,8 @@ from mlflow.exceptions import MlflowException
 from workers import contract
 from workers.config import TrialConfig
 from workers.contract import (ALIGNMENT_ARTIFACT, CONFIG_ARTIFACT, ERROR_ARTIFACT, HISTORY_ARTIFACT,
-                              RESULT_STATUSES, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING,
+                              RESULT_STATUSES, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED,
+                              STATUS_INTERRUPTED, STATUS_RUNNING,
                               TAG_ATTEMPT_PREFIX, TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND,
                               TAG_GIT_COMMIT, TAG_STATUS, TAG_SUPERSEDED_BY, TAG_SUPERSEDES,
                               TAG_SYSTEM_METRICS_RUN, TAG_VERSION, WEIGHTS_ARTIFACT)
@@ -86,6 +88,15 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+# The settings for the last calls of an interrupted trial (Ctrl-C or SIGTERM on the driver).
+# Ray ends the worker process within seconds of stopping it, and a server that does not answer
+# now will not answer in time: one try per call, 5 s per answer. What is not sent is safe
+# anyway: the driver marks the run interrupted, and the checkpoint holds the queued epochs.
+INTERRUPT_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
 
 # MLflow's dataset source type for a path on the machine that trained (its
@@ -287,6 +298,24 @@ class TrialRunLogger:
             self.client.log_text(self.run_id, error_text, ERROR_ARTIFACT)
         self._terminate(STATUS_FAILED, RunStatus.FAILED, {
             TAG_ERROR: summary[:contract.ERROR_SUMMARY_LENGTH], TAG_ERROR_KIND: kind})
+
+    def interrupt(self) -> None:
+        """The trial was stopped by the driver (Ctrl-C or SIGTERM): send the queued metrics if
+        the server answers at once, tag ``xmem.status`` interrupted and end the run KILLED.
+        No ``error.txt`` and no error tags: nothing failed, and the next rerun of the sweep
+        resumes the run from its latest checkpoint.
+
+        Each call is tried once with a short time-out (``INTERRUPT_CLIENT_ENV``): a failing
+        flush is logged and skipped (the metrics stay in ``pending``, and the checkpoint's
+        history holds them); an error ending the run propagates.
+        """
+        with env_defaults(INTERRUPT_CLIENT_ENV):
+            try:
+                self.flush()
+            except Exception as error:  # the run must still end interrupted
+                _log.warning("could not send %d queued metrics of interrupted run %s: %s",
+                             len(self.pending), self.run_id, error)
+            self._terminate(STATUS_INTERRUPTED, RunStatus.KILLED)
 
     def _terminate(self, xmem_status: str, run_status: int, tags: dict[str, str] | None = None) -> None:
         tags = {**(tags or {}), TAG_STATUS: xmem_status}

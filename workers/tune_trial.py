@@ -23,7 +23,9 @@ trial alone. What one call does, in order:
 6. as each member ends, log its final artifacts and end its run FINISHED (finished or
    diverged). A user error (``XmemError``) shared by the pack ends every member FAILED at once;
    anything else ends the running members FAILED and is re-raised so that Tune retries the
-   pack from its checkpoint.
+   pack from its checkpoint. A stop by the driver (Ctrl-C or SIGTERM there: Tune raises
+   ``SystemExit`` from ``tune.report``) ends them *interrupted* (MLflow KILLED, no
+   ``error.txt``): a rerun of the sweep resumes them from their checkpoints.
 
 While the tracking server is unreachable the trial keeps training and queues its metrics; it
 fails (to be resumed later) only when the server stays away longer than
@@ -60,6 +62,8 @@ from workers.data.description import describe_dataset
 from workers.errors import XmemError, error_summary
 from workers.mlflow_log import PackSystemMetrics, TrialRunLogger, is_transient
 from workers.pack import PackedTrials
+_log = logging.getLogger(__name__)
+
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
 # many times what saving one costs: checkpointing then takes about 1/20 = 5% of the time.
 ADAPTIVE_CHECKPOINT_RATIO = 20.0
@@ -331,6 +335,12 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
                 _end_failed(m.logger, text, error_summary(error), ERROR_USER)
         tune.report({REPORT_STATUS: STATUS_FAILED,
                      REPORT_MEMBERS: {m.trial_id: [None, STATUS_FAILED] for m in members if not m.ended}})
+    except (SystemExit, KeyboardInterrupt):
+        # Tune stops a trial by raising SystemExit from tune.report: the driver was interrupted
+        # (Ctrl-C or SIGTERM). Nothing failed: the runs end interrupted (resumable, no
+        # error.txt) and the exit goes on to Tune.
+        _end_interrupted([m for m in members if not m.ended])
+        raise
     except BaseException as error:
         for m in members:
             if not m.ended:
@@ -454,7 +464,27 @@ def _finish(member: _Member, status: str, weights: dict[str, Any], attempt_start
 
 
 def _end_failed(logger: TrialRunLogger, error_text: str, summary: str, kind: str) -> None:
+    """End the run FAILED with ``error.txt``; an error doing so (the server may be the reason
+    the trial fails) is logged, never raised: the trial's own error is the one that counts."""
     try:
         logger.fail(error_text, summary, kind)
-    except Exception:  # the server may be the reason we are failing
-        pass
+    except Exception as error:
+        _log.warning("could not record the failure of run %s (%s: %s); the run stays as it was "
+                     "and the next rerun of the sweep resumes it", logger.run_id,
+                     type(error).__name__, error)
+
+
+def _end_interrupted(members: list[_Member]) -> None:
+    """End the runs of ``members`` interrupted (``TrialRunLogger.interrupt``), quickly: Ray
+    ends this process within seconds. Once the server fails to answer, the remaining runs are
+    not tried (each would wait the same); the driver marks them interrupted instead, or, when
+    it exits at once too, the next rerun resumes them as they are."""
+    for position, m in enumerate(members):
+        try:
+            m.logger.interrupt()
+        except Exception as error:
+            left = [other.logger.run_id for other in members[position:]]
+            _log.warning("could not mark run(s) %s interrupted (%s: %s); the driver marks them",
+                         ", ".join(left), type(error).__name__, error)
+            return
+        m.ended = True

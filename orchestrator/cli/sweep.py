@@ -16,7 +16,8 @@ import click
 @click.option("--storage", metavar="PATH", help="Tune storage: local dir, NFS or s3:// (else the spec's, else ./xmem-runs).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec, print the expanded trials, and exit.")
 @click.option("--restart-failed", is_flag=True,
-              help="Start failed trials over from epoch 0 (in their same MLflow run) instead of resuming them.")
+              help="Start failed trials over from epoch 0 (in a new MLflow run that supersedes the failed one) instead of resuming them "
+                   "(interrupted trials still resume).")
 @click.option("--take-over", is_flag=True,
               help="Take the sweep over from the driver holding its lease (one known to be dead, "
                    "on another machine) instead of waiting for the lease to expire.")
@@ -27,6 +28,10 @@ def sweep(spec: str, address: str | None, tracking_uri: str | None, storage: str
     Rerunning a sweep resumes it: finished trials are kept, interrupted or failed ones continue
     from their latest checkpoint, and new grid points run. One driver at a time runs a sweep:
     a second one refuses while the first holds the sweep's lease.
+
+    Ctrl-C (or SIGTERM) stops the running trials as interrupted, prints the table and how to
+    continue, and exits 130; a second Ctrl-C exits at once. Either way a rerun continues from
+    the trials' checkpoints.
 
     Example: xmem sweep experiments/quickstart.yaml
     """

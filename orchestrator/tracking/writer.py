@@ -47,7 +47,8 @@ from orchestrator.tracking.params import config_params
 from orchestrator.tracking.reader import SweepReader, read_client_env, server_errors
 from workers.config import TrialConfig
 from workers.contract import (ERROR_ARTIFACT, ERROR_CRASH, ERROR_SUMMARY_LENGTH, ROLE_PARENT,
-                              ROLE_TRIAL, RUN_FAILED, RUN_FINISHED, SPEC_ARTIFACT, STATUS_FAILED,
+                              ROLE_TRIAL, RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING,
+                              SPEC_ARTIFACT, STATUS_FAILED, STATUS_INTERRUPTED,
                               TAG_ATTEMPTS, TAG_ERROR, TAG_ERROR_KIND, TAG_GIT_COMMIT,
                               TAG_MLFLOW_GIT_COMMIT, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE, TAG_STATUS,
                               TAG_SWEEP, TAG_TRIAL_COUNT, TAG_TRIAL_ID, TAG_TRIAL_INDEX,
@@ -329,6 +330,18 @@ class SweepTracker(SweepReader):
                 RunTag(TAG_STATUS, STATUS_FAILED), RunTag(TAG_ERROR_KIND, ERROR_CRASH),
                 RunTag(TAG_ERROR, summary[:ERROR_SUMMARY_LENGTH])])
             self.client.set_terminated(run_id, status=RUN_FAILED)
+
+    def mark_trial_interrupted(self, run_id: str) -> bool:
+        """End a trial's run KILLED with ``xmem.status`` interrupted, from the driver, when it is
+        still RUNNING: its worker was stopped by Ctrl-C / SIGTERM before it could say so
+        itself. No ``error.txt``: nothing failed, and a rerun resumes the run. Returns whether
+        it marked the run (a worker that ended it meanwhile, finished or interrupted, wins)."""
+        with env_defaults(QUIET_CLIENT_ENV):
+            if self.client.get_run(run_id).info.status != RUN_RUNNING:
+                return False
+            self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, STATUS_INTERRUPTED)])
+            self.client.set_terminated(run_id, status=RUN_KILLED)
+        return True
 
     def finish_parent_run(self, status: str = RUN_FINISHED) -> None:
         """End the parent run with ``status`` (FINISHED, FAILED or KILLED)."""
