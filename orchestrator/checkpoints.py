@@ -139,6 +139,17 @@ def scan_checkpoints(storage: str, sweep_name: str) -> list[FoundCheckpoint]:
     return [found for folder in store.walk() if (found := folder.found) is not None]
 
 
+def check_storage_readable(storage: str, sweep_name: str) -> None:
+    """List the sweep's folder once (a missing one is fine): expired credentials or a stale
+    mount fail here, before the driver takes the sweep or changes anything.
+
+    Raises:
+        XmemError: as ``scan_checkpoints``.
+    """
+    store = _Storage(storage, sweep_name)
+    store._dirs(store.root)
+
+
 def resume_candidates(found: list[FoundCheckpoint], run_ids: Mapping[str, set[str]] | None = None,
                       verify: Container[str] | None = None, storage: str | None = None
                       ) -> dict[str, TrialCheckpoints]:

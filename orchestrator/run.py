@@ -160,8 +160,12 @@ def run_sweep(spec_path: str, *, address: str | None = None, tracking_uri: str |
              + (" (embedded server)" if services.server else ""))
         from orchestrator.tracking.writer import SweepTracker
 
+        from orchestrator.checkpoints import check_storage_readable
         from orchestrator.tracking.lease import take_lease
 
+        # An unreadable storage (expired credentials, a stale mount) stops the sweep before
+        # anything is created in the tracking server; _plan scans it in full under the lease.
+        check_storage_readable(settings.storage, spec.name)
         tracker = SweepTracker(services.uri, spec.name)
         lease = take_lease(tracker, take_over=take_over, echo=echo, command=rerun)
         plan, run_ids, start_epochs = _plan(tracker, spec, shown_path, trials, settings,

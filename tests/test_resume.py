@@ -222,23 +222,49 @@ def _table(folder: Path) -> None:
                       images)
 
 
-def _interrupt(uri: str, name: str) -> str:
-    """Leave the sweep's one trial as a driver killed with kill -9 leaves it: its run RUNNING,
-    tagged running (its checkpoints stay). Returns the run id."""
+def _interrupt_at_epoch_2(uri: str, name: str, spec: Path, resolved_in: Path, storage: str) -> None:
+    """Leave the sweep's one trial as a driver killed with kill -9 after a checkpoint of epoch 2
+    leaves it: its current run RUNNING, tagged running, and a checkpoint of epoch 2 in the
+    storage (its config's relative paths resolved in ``resolved_in``, as the driver there did).
+    (A real kill of a 4-epoch trial would be a race; the checkpoint is the engine's own.)"""
+    from mlflow import MlflowClient
+
+    from orchestrator.expand import expand_trials
+    from orchestrator.run import worker_config
+    from orchestrator.spec import load_spec
+    from workers.checkpoint import TrialCheckpoint, save_pack_checkpoint
+    from workers.mlflow_log import alignment_rows
+    from workers.trial import Trial
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`xmem.role` = 'trial' AND "
+                                "tags.`xmem.superseded_by` IS NULL")
+    client.update_run(run.info.run_id, status="RUNNING")
+    client.set_tag(run.info.run_id, "xmem.status", "running")
+    (point,) = expand_trials(load_spec(spec))
+    trial = Trial(worker_config(point.config, resolved_in).replace(device="cpu"))
+    records = []
+    for record in trial.run():
+        records.append(record)
+        if record.epoch == 2:
+            break
+    folder = Path(storage) / name / f"planted-{uuid.uuid4().hex[:6]}" / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    save_pack_checkpoint([TrialCheckpoint(point.trial_id, run.info.run_id, trial.state_dict(),
+                                          [r.flat() for r in records],
+                                          [row for r in records for row in alignment_rows(r)])],
+                         folder)
+
+
+def _current_trial_run(uri: str, name: str):
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
-    (run,) = client.search_runs([experiment.experiment_id], "tags.`xmem.role` = 'trial'")
-    client.update_run(run.info.run_id, status="RUNNING")
-    client.set_tag(run.info.run_id, "xmem.status", "running")
-    return run.info.run_id
-
-
-def _trial_run(uri: str, run_id: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri).get_run(run_id)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`xmem.role` = 'trial' AND "
+                                "tags.`xmem.superseded_by` IS NULL")
+    return run
 
 
 @pytest.mark.slow
@@ -262,17 +288,17 @@ def test_a_trial_with_a_relative_data_file_resumes_from_another_folder_and_by_na
 
     monkeypatch.chdir(first)
     assert [row["status"] for row in run_sweep("s.yaml", **quiet).rows] == ["finished"]
-    run_id = _interrupt(uri, name)
+    _interrupt_at_epoch_2(uri, name, spec, first, storage)
 
     # Another folder with the same table: the checkpoint (which holds first/tables/d.parquet)
     # fits the trial, which now reads second/tables/d.parquet.
     monkeypatch.chdir(second)
     outcome = run_sweep(str(spec), **quiet)
     assert [row["status"] for row in outcome.rows] == ["finished"], outcome.rows
-    run = _trial_run(uri, run_id)
+    run = _current_trial_run(uri, name)
     assert run.data.tags["xmem.status"] == "finished"
-    assert int(run.data.tags["xmem.start_epoch"]) > 0                     # resumed
-    _interrupt(uri, name)
+    assert int(run.data.tags["xmem.start_epoch"]) == 2                    # resumed
+    _interrupt_at_epoch_2(uri, name, spec, second, storage)
 
     # By name, from a folder without the table, the spec file now another sweep's: the spec
     # stored with the sweep runs, its relative path resolved where the last run resolved it.
@@ -282,9 +308,9 @@ def test_a_trial_with_a_relative_data_file_resumes_from_another_folder_and_by_na
     result = CliRunner().invoke(main, ["resume", name, "--tracking-uri", uri,
                                        "--address", ray_cluster])
     assert result.exit_code == 0, result.output
-    run = _trial_run(uri, run_id)
+    run = _current_trial_run(uri, name)
     assert run.data.tags["xmem.status"] == "finished"
-    assert int(run.data.tags["xmem.start_epoch"]) > 0
+    assert int(run.data.tags["xmem.start_epoch"]) == 2
     assert "1 trial(s)" in result.output and "3 trial(s)" not in result.output
     assert not list(third.iterdir())                                      # nothing left here
     assert str(spec) in result.output                                     # the spec it ran from
