@@ -39,14 +39,16 @@ pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("XMEM_CHAOS_SEED", "11"))
 EPOCHS = 24
-# 3 sigmas x 2 seeds x 2 widths = 12 trials of a few seconds each, one Ray worker slot per CPU.
-# checkpoint_every 3: a kill loses at most 3 epochs; metrics are flushed at each checkpoint,
-# which is also how the schedule sees a trial's progress.
+# 3 sigmas x 2 seeds x 2 widths = 12 trials, one Ray worker slot per CPU. Batches of 2 make
+# training (500 steps an epoch, 1-2 s a trial on an idle core) outlast the MLflow and Ray
+# overheads around it, so that kills land mid-training. checkpoint_every 3: a kill loses at
+# most 3 epochs; metrics are flushed at each checkpoint, which is how the schedule sees a
+# trial's progress.
 SPEC = """name: {name}
 defaults:
   dataset: digits
-  batch_size: 16
-  train_size: 300
+  batch_size: 2
+  train_size: 1000
   test_size: 200
   probe_per_class: 5
   epochs: {epochs}
@@ -171,6 +173,10 @@ class Chaos:
     workers_seen: dict[int, float] = field(default_factory=dict)
     """pid -> its create time (psutil), for every live worker seen in a run's xmem.pid tag."""
     worker_killed_trials: set[str] = field(default_factory=set)
+    workers_killed: set[int] = field(default_factory=set)
+    """Workers killed, or whose driver was: never picked again."""
+    problems: list[str] = field(default_factory=list)
+    """What went wrong during the schedule (reported with the results)."""
 
     @property
     def uri(self) -> str:
@@ -193,7 +199,7 @@ class Chaos:
                 if run.info.status != contract.RUN_RUNNING or tags.get(contract.TAG_STATUS) != contract.STATUS_RUNNING:
                     continue
                 pid = _live_worker(tags.get(contract.TAG_PID))
-                if pid is None:
+                if pid is None or pid in self.workers_killed:
                     continue
                 self.workers_seen.setdefault(pid, psutil.Process(pid).create_time())
                 steps = [m.step for m in client.get_metric_history(run.info.run_id, contract.TRAIN_LOSS)]
@@ -231,13 +237,22 @@ class Chaos:
     # --- the kills ---
 
     def kill_worker(self, step: int) -> bool:
-        found = self.wait_for_trial_at(step, prefer_not=self.worker_killed_trials)
-        if found is None:
-            return False
-        trial_id, pid, at = found
-        os.kill(pid, signal.SIGKILL)
+        while True:
+            found = self.wait_for_trial_at(step, prefer_not=self.worker_killed_trials)
+            if found is None:
+                return False
+            trial_id, pid, at = found
+            try:
+                os.kill(pid, signal.SIGKILL)
+                break
+            except ProcessLookupError:  # its trial ended meanwhile: look again
+                continue
         self.worker_killed_trials.add(trial_id)
+        self.workers_killed.add(pid)
         self.note("worker", pid, f"trial {trial_id} at step {at}")
+        # Gone before the next kill looks for a live trial (its run still says RUNNING).
+        assert _wait_until(lambda: not _alive({pid: self.workers_seen[pid]}), timeout_s=30), \
+            f"worker {pid} outlived SIGKILL"
         return True
 
     def kill_driver(self, step: int, age_s: float | None) -> bool:
@@ -246,9 +261,15 @@ class Chaos:
         if found is None:
             return False
         age = time.monotonic() - self.drivers.started
+        workers = {pid: self.workers_seen[pid] for _, pid, _ in self.live_trials()}
         pid = self.drivers.kill()
+        self.workers_killed.update(workers)
         self.note("driver", pid, f"process group, {age:.1f} s old; trial {found[0]} at step {found[2]}")
         self.note("rerun", self.drivers.start().pid, "the same command")
+        # Ray ends a dead driver's workers; the next kill must not pick one of them.
+        if not _wait_until(lambda: not _alive(workers), timeout_s=60):
+            self.problems.append(f"no process left: worker(s) {_alive(workers)} of the driver killed "
+                                 f"at t={self.kills[-2].at_s:.0f}s still alive 60 s later")
         return True
 
     def kill_server(self, step: int, outage_s: float) -> bool:
@@ -298,6 +319,56 @@ def _series(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
     sample the machine, not the training)."""
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
             for key in run.data.metrics if not key.startswith("system/")}
+
+
+def _run_problems(client: MlflowClient, runs: list, superseded: int, reference: list) -> list[str]:
+    """What breaks "runs == trials; none FAILED; one value per step; each series equals the
+    reference's" for the chaos sweep's (non-superseded) ``runs``."""
+    problems = []
+    by_trial: dict[str, list] = {}
+    for run in runs:
+        by_trial.setdefault(run.data.tags[contract.TAG_TRIAL_ID], []).append(run)
+    if len(runs) != TRIALS or len(by_trial) != TRIALS:
+        problems.append(f"runs == trials: {len(runs)} non-superseded runs for {len(by_trial)} trial ids "
+                        f"(of {TRIALS}); {superseded} superseded; duplicated: "
+                        f"{sorted(t for t, rs in by_trial.items() if len(rs) > 1)}")
+    failed = [(r.data.tags[contract.TAG_TRIAL_ID], r.info.status, r.data.tags.get(contract.TAG_STATUS))
+              for r in runs if r.info.status != contract.RUN_FINISHED
+              or r.data.tags.get(contract.TAG_STATUS) != contract.STATUS_FINISHED]
+    if failed:
+        problems.append(f"none FAILED: not finished: {failed}")
+    reference_runs = {r.data.tags[contract.TAG_TRIAL_ID]: r for r in reference}
+    assert len(reference_runs) == TRIALS
+    for trial_id, (run, *_) in sorted(by_trial.items()):
+        problems += _series_problems(trial_id, _series(client, run), _series(client, reference_runs[trial_id]))
+    return problems
+
+
+def _series_problems(trial_id: str, series: dict, expected: dict) -> list[str]:
+    """One value per step, and every series equal to the reference run's.
+
+    Exact equality, no tolerance: both runs train on one CPU thread in a Ray worker with the
+    same seeds, a resume restores the weights, optimizer and RNG state bit for bit, and MLflow
+    stores doubles; any difference at all is a mixed-up, lost or shifted step, not rounding
+    (measured: every seed tried so far matches exactly)."""
+    problems = []
+    for key, values in sorted(series.items()):
+        steps = [step for step, _ in values]
+        if len(steps) != len(set(steps)):
+            dupes = sorted({s for s in steps if steps.count(s) > 1})
+            problems.append(f"one value per step: trial {trial_id} {key} has several values at steps {dupes}")
+    if series.keys() != expected.keys():
+        problems.append(f"same metrics: trial {trial_id} has {sorted(series.keys() ^ expected.keys())} "
+                        "on one side only")
+    differing = sorted(key for key in series.keys() & expected.keys() if series[key] != expected[key])
+    if differing:
+        key = differing[0]
+        got, want = dict(series[key]), dict(expected[key])
+        first = next((s for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)), None)
+        problems.append(f"series equal the reference: trial {trial_id}: {len(differing)} metric(s) differ, "
+                        f"e.g. {key} at step {first}: {got.get(first)} vs reference {want.get(first)} "
+                        f"(steps {len(got)} vs {len(want)})")
+    return problems
 
 
 def _checkpoints_per_trial(storage: Path, name: str) -> dict[str, int]:
@@ -443,50 +514,15 @@ def test_a_sweep_survives_random_kills_and_ends_like_an_uninterrupted_one(tmp_pa
 
         # --- the results ---
         client = MlflowClient(server.uri)
-        problems: list[str] = []
+        problems = chaos.problems
         runs = _trial_runs(server.uri, names["chaos"])
         every_run = _trial_runs(server.uri, names["chaos"], superseded=True)
         for run in every_run:  # the pids of attempts that ended before a poll saw them
             pid = _live_worker(run.data.tags.get(contract.TAG_PID))
             if pid is not None:
                 chaos.workers_seen.setdefault(pid, psutil.Process(pid).create_time())
-        by_trial: dict[str, list] = {}
-        for run in runs:
-            by_trial.setdefault(run.data.tags[contract.TAG_TRIAL_ID], []).append(run)
-        if len(runs) != TRIALS or len(by_trial) != TRIALS:
-            problems.append(f"runs == trials: {len(runs)} non-superseded runs for {len(by_trial)} trial ids "
-                            f"(of {TRIALS}); {len(every_run) - len(runs)} superseded; duplicated: "
-                            f"{sorted(t for t, rs in by_trial.items() if len(rs) > 1)}")
-        failed = [(r.data.tags[contract.TAG_TRIAL_ID], r.info.status, r.data.tags.get(contract.TAG_STATUS))
-                  for r in runs if r.info.status != contract.RUN_FINISHED
-                  or r.data.tags.get(contract.TAG_STATUS) != contract.STATUS_FINISHED]
-        if failed:
-            problems.append(f"none FAILED: not finished: {failed}")
-        reference_runs = {r.data.tags[contract.TAG_TRIAL_ID]: r for r in _trial_runs(server.uri, names["reference"])}
-        assert len(reference_runs) == TRIALS
-        for trial_id, (run, *_) in sorted(by_trial.items()):
-            series = _series(client, run)
-            expected = _series(client, reference_runs[trial_id])
-            for key, values in sorted(series.items()):
-                steps = [step for step, _ in values]
-                if len(steps) != len(set(steps)):
-                    dupes = sorted({s for s in steps if steps.count(s) > 1})
-                    problems.append(f"one value per step: trial {trial_id} {key} has several values at steps {dupes}")
-            if series.keys() != expected.keys():
-                problems.append(f"same metrics: trial {trial_id} has {sorted(series.keys() ^ expected.keys())} "
-                                "on one side only")
-            # Exact equality: both runs train on one CPU thread in a Ray worker with the same
-            # seeds, and a resume restores the RNGs and the state bit for bit, so any
-            # difference at all is a mixed-up or lost step, not rounding.
-            differing = sorted(key for key in series.keys() & expected.keys() if series[key] != expected[key])
-            if differing:
-                key = differing[0]
-                got = dict(series[key])
-                want = dict(expected[key])
-                first = next((s for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)), None)
-                problems.append(f"series equal the reference: trial {trial_id}: {len(differing)} metric(s) differ, "
-                                f"e.g. {key} at step {first}: {got.get(first)} vs reference {want.get(first)} "
-                                f"(steps {len(got)} vs {len(want)})")
+        problems += _run_problems(client, runs, len(every_run) - len(runs),
+                                  _trial_runs(server.uri, names["reference"]))
         counts = _checkpoints_per_trial(storage, names["chaos"])
         if any(n > 2 for n in counts.values()):
             problems.append(f"at most two checkpoints per trial: {sorted((n, t) for t, n in counts.items() if n > 2)}")
