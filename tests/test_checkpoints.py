@@ -219,7 +219,7 @@ def test_the_worker_falls_back_from_a_checkpoint_it_cannot_load(tmp_path, checkp
     assert restored["aaa"].epoch == 2
     # Nothing loadable: the trial starts over, and says so.
     _tear(old / "aaa" / "trial_state.pt")
-    with caplog.at_level(logging.WARNING, logger="xmem.worker"):
+    with caplog.at_level(logging.WARNING, logger="workers.tune_trial"):
         assert _restore_checkpoints([_payload("aaa", str(new / "aaa"), [str(old / "aaa")])]) == {}
     assert "starts over from epoch 0" in caplog.text
 

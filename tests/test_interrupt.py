@@ -64,7 +64,7 @@ def _runs(uri: str, name: str) -> dict:
     if experiment is None:
         return {}
     return {r.data.tags["xmem.trial_id"]: r for r in client.search_runs([experiment.experiment_id])
-            if "xmem.trial_id" in r.data.tags}
+            if "xmem.trial_id" in r.data.tags and contract.TAG_SUPERSEDED_BY not in r.data.tags}
 
 
 def _last_step(uri: str, run_id: str) -> int:

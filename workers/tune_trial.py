@@ -62,6 +62,7 @@ from workers.data.description import describe_dataset
 from workers.errors import XmemError, error_summary
 from workers.mlflow_log import PackSystemMetrics, TrialRunLogger, is_transient
 from workers.pack import PackedTrials
+
 _log = logging.getLogger(__name__)
 
 # With no checkpoint_every, checkpoint when the time since the last one is at least this
@@ -77,8 +78,6 @@ SCRATCH_PREFIX = "xmem-ckpt-"
 # Tune hears of progress at most this often (and at every checkpoint and the end).
 SECONDS_BETWEEN_REPORTS = 2.0
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial's storage folder
-
-_log = logging.getLogger("xmem.worker")
 
 
 def tracking_wait_seconds() -> float:
