@@ -535,8 +535,9 @@ def test_a_sweep_survives_random_kills_and_ends_like_an_uninterrupted_one(tmp_pa
                             "after the sweep ended (before Ray stopped)")
         if left := _leftovers([s for d in drivers for s in d.sessions]):
             problems.append(f"no process left: driver sessions still have processes {left}")
-        print(f"  {len(chaos.workers_seen)} worker pid(s) seen; checkpoints left per trial: "
-              f"{sorted(counts.values())}; wall {time.monotonic() - wall:.0f} s", flush=True)
+        print(f"  {len(chaos.workers_seen)} worker pid(s) seen; {len(runs)} current runs, "
+              f"{len(every_run) - len(runs)} superseded by a later attempt; checkpoints left per "
+              f"trial: {sorted(counts.values())}; wall {time.monotonic() - wall:.0f} s", flush=True)
         assert not problems, "\n".join(["the chaos run broke:", *problems])
     finally:
         for made in drivers:
