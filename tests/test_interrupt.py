@@ -27,13 +27,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 40
 # Three trials, two per pack, one pack at a time: at an interrupt one pack (two runs) trains
-# and one trial waits, never started.
+# and one trial waits, never started. Batches of 4 make an epoch last long enough (~0.2 s) that
+# a signal sent once MLflow shows an epoch (metrics arrive at checkpoints, every 5 epochs) lands
+# before the trials end: with batches of 16 a resumed pack could finish first.
 SPEC = """
 name: {name}
 defaults:
   dataset: digits
   hidden: 256
-  batch_size: 16
+  batch_size: 4
   train_size: 400
   test_size: 200
   probe_per_class: 5

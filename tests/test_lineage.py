@@ -198,3 +198,15 @@ def test_new_trials_are_unaffected(mlflow_server, client):
     logger = _attempt(mlflow_server.uri, run_id, _records(), finish=True)
     assert logger.run_id == run_id
     assert len(client.search_runs([tracker.experiment_id])) == 2      # the parent and the trial
+
+
+def test_a_resumed_attempt_drops_the_error_of_the_attempt_that_failed(mlflow_server, client, sweep):
+    _, run_id = sweep
+    first = _attempt(mlflow_server.uri, run_id, _records()[:2])
+    first.fail("Traceback ...", "RuntimeError: boom", contract.ERROR_CRASH)
+    assert client.get_run(run_id).data.tags[contract.TAG_ERROR] == "RuntimeError: boom"
+    second = _attempt(mlflow_server.uri, run_id, _records()[2:], history=first.history,
+                      start_epoch=1, finish=True)
+    tags = client.get_run(second.run_id).data.tags
+    assert second.run_id == run_id and tags[contract.TAG_STATUS] == "finished"
+    assert contract.TAG_ERROR not in tags and contract.TAG_ERROR_KIND not in tags

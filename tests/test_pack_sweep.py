@@ -21,6 +21,7 @@ from orchestrator.checkpoints import latest_checkpoint_epochs, latest_checkpoint
 from orchestrator.run import run_sweep
 from test_fault_tolerance import _reference_metrics, assert_history_matches, _runs, _spec, _steps, _wait_for
 from workers import contract
+from workers.checkpoint import sha256_of
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +162,10 @@ def test_a_resumed_sweep_trains_only_unfinished_members_and_a_bad_checkpoint_fai
     torch.save(saved, state_file)
     info_file = state_file.parent / contract.CHECKPOINT_INFO_FILE   # keep it a complete copy
     info = json.loads(info_file.read_text())
-    info_file.write_text(json.dumps({**info, "state_bytes": state_file.stat().st_size}))
+    with state_file.open("rb") as stream:                           # ... size and hash
+        digest = sha256_of(stream)
+    info_file.write_text(json.dumps({**info, "state_bytes": state_file.stat().st_size,
+                                     "state_sha256": digest}))
 
     lines: list[str] = []
     outcome = run_sweep(str(spec), address=ray_cluster, tracking_uri=mlflow_server.uri,

@@ -99,7 +99,8 @@ def test_interrupted_trials_resume_even_under_restart_failed_and_never_count_as_
             left_running.trial_id: _run("sigma1", "RUNNING", "running"),
             no_checkpoint.trial_id: _run("sigma3", "KILLED", "interrupted"),
             failed.trial_id: _run("sigma10", "FAILED", "failed")}
-    checkpoints = {stopped.trial_id: "/c/5", left_running.trial_id: "/c/7", failed.trial_id: "/c/9"}
+    checkpoints = {**_checkpoints(stopped, "/c/5"), **_checkpoints(left_running, "/c/7"),
+                   **_checkpoints(failed, "/c/9")}
     for restart_failed in (False, True):
         plan = plan_sweep([stopped, left_running, no_checkpoint, failed], runs, checkpoints,
                           restart_failed)

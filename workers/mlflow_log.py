@@ -164,6 +164,9 @@ class TrialRunLogger:
                             for row in self.history for key, value in row.items()
                             if key != contract.EPOCH and row[contract.EPOCH] > self.logged_through.get(key, -1)]
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            for stale in (TAG_ERROR, TAG_ERROR_KIND):  # an earlier attempt's failure is over
+                if stale in run.data.tags:
+                    self.client.delete_tag(self.run_id, stale)
             tags = {**tags, **attempt_tags(self.attempt, start_epoch),
                     TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
