@@ -107,7 +107,7 @@ def test_export_history_has_a_row_per_trial_and_evaluated_epoch(finished_sweep, 
     expected_rows = 0
     for run in runs:
         history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                   for key in run.data.metrics}
+                   for key in run.data.metrics if not key.startswith("system/")}  # by sample
         steps = sorted(set().union(*history.values()))
         assert steps == [0, 5, 10, 15, 20]        # the evaluated epochs
         expected_rows += len(steps)
@@ -120,6 +120,7 @@ def test_export_history_has_a_row_per_trial_and_evaluated_epoch(finished_sweep, 
                 else:
                     assert row[key] is None, (key, row["epoch"])   # alignment: epochs 0, 10, 20
     assert table.num_rows == expected_rows == 4 * 5
+    assert not [c for c in table.column_names if c.startswith("system/")]
 
 
 @pytest.mark.slow
@@ -184,12 +185,16 @@ def test_trials_table_types_every_config_key_and_leaves_missing_values_null():
 
 def test_history_table_has_a_row_per_evaluated_epoch_and_keeps_the_latest_of_a_step():
     record = _record("a", TrialConfig(sigma=1.0), {contract.TEST_ACC: (4, 0.5),
-                                                   contract.ALIGN_GRAD: (4, 0.1)})
+                                                   contract.ALIGN_GRAD: (4, 0.1),
+                                                   "system/cpu_utilization_percentage": (7, 50.0)})
     empty = _record("b", TrialConfig(sigma=2.0), {})
     histories = {record.run_id: {
         contract.TEST_ACC: [(0, 100, 0.1), (2, 200, 0.3), (2, 300, 0.35), (4, 400, 0.5)],
-        contract.ALIGN_GRAD: [(0, 100, 0.9), (4, 400, 0.1)]}}
+        contract.ALIGN_GRAD: [(0, 100, 0.9), (4, 400, 0.1)],
+        # MLflow's system metrics count samples, not epochs: no rows, no column.
+        "system/cpu_utilization_percentage": [(s, 100 * s, 50.0) for s in range(8)]}}
     table = tables.history_table("s", [record, empty], histories)
+    assert "system/cpu_utilization_percentage" not in table.column_names
     assert table.num_rows == 3          # epochs 0, 2, 4 of "a"; "b" logged nothing
     rows = table.to_pylist()
     assert [r["epoch"] for r in rows] == [0, 2, 4]

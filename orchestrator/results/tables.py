@@ -229,11 +229,14 @@ def history_table(sweep: str, records: Sequence[TrialRecord], histories: MetricH
     """One row per trial and evaluated epoch (any metric logged at that step), in trial order
     then epoch order. ``histories``: run_id -> metric -> [(step, timestamp_ms, value)]; of a
     step logged more than once, the latest timestamp wins. ``in_spec``: as ``trials_table``."""
-    names = metric_names(record.latest for record in records)
+    # MLflow's system/* metrics are indexed by sample, not epoch: they have no place here.
+    names = [name for name in metric_names(record.latest for record in records) if is_epoch_metric(name)]
     per_trial: list[dict[int, dict[str, float]]] = []
     for record in records:
         by_step: dict[int, dict[str, tuple[int, float]]] = {}
         for name, points in histories.get(record.run_id, {}).items():
+            if not is_epoch_metric(name):
+                continue
             for step, timestamp, value in points:
                 cell = by_step.setdefault(step, {})
                 if name not in cell or timestamp >= cell[name][0]:

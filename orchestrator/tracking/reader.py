@@ -18,7 +18,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from orchestrator.tracking import runs_view
-from orchestrator.tracking.records import TrialRecord
+from orchestrator.tracking.records import TrialRecord, is_epoch_metric
 from workers.contract import (ROLE_PARENT, ROLE_TRIAL, SPEC_ARTIFACT, TAG_ROLE, TAG_SUPERSEDED_BY,
                               TAG_SUPERSEDES, TAG_SWEEP, TAG_TRIAL_ID)
 from workers.env_defaults import env_defaults
@@ -114,13 +114,15 @@ class SweepReader:
         return [_trial_record(run) for run in runs]
 
     def metric_histories(self, records: Iterable[TrialRecord]) -> MetricHistories:
-        """Every logged value of every metric of ``records``' runs.
+        """Every logged value of every per-epoch metric of ``records``' runs (MLflow's
+        ``system/*`` samples are left out).
 
         One request per (run, metric) for the metrics each run has, ``HISTORY_THREADS`` at
-        a time. A step logged twice (an attempt that re-ran epochs after a restart) appears
+        a time. A step logged twice (runs of xmem before one attempt lineage per run) appears
         twice; the caller picks the latest.
         """
-        jobs = [(record.run_id, key) for record in records for key in record.latest]
+        jobs = [(record.run_id, key) for record in records for key in record.latest
+                if is_epoch_metric(key)]
 
         def fetch(job: tuple[str, str]) -> list[tuple[int, int, float]]:
             return [(int(m.step), int(m.timestamp), float(m.value))
