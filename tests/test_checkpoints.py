@@ -108,11 +108,20 @@ def test_a_real_checkpoint_loads_weights_only_and_resumes_exactly(tmp_path, chec
 
 
 def test_an_old_checkpoint_with_initial_hidden_still_loads(checkpoints):
+    """Format 1 stored W1(0) as "initial_hidden"; format 2 leaves it to the seed. Both load,
+    alone and in a pack; a format this xmem does not know is refused by its number."""
     config = _config(checkpoints["data_dir"])
-    old = dict(checkpoints[2].trial_state, initial_hidden=Trial(config).model.hidden.weight.detach().clone())
+    assert checkpoints[2].trial_state["format"] == 2
+    old = dict(checkpoints[2].trial_state, format=1,
+               initial_hidden=Trial(config).model.hidden.weight.detach().clone())
     pack = PackedTrials([("aaa", config)])
     pack.load_member_state("aaa", old)
     assert _records(pack) == _records(PackedTrials([("aaa", config)]))[3:]
+    lone = Trial(config)
+    lone.load_state_dict(old)
+    assert lone.epoch == 2
+    with pytest.raises(XmemError, match="checkpoint format 3 is not one this xmem reads"):
+        Trial(config).load_state_dict(dict(old, format=3))
 
 
 def _records(pack: PackedTrials) -> list[dict]:

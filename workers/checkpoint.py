@@ -35,10 +35,12 @@ from workers.config import DATA_LOCATION_KEYS, TrialConfig
 from workers.contract import CHECKPOINT_INFO_FILE, CHECKPOINT_STATE_FILE
 from workers.errors import XmemError
 
-# The version of ``Trial.state_dict()``'s layout; a checkpoint of another one is refused.
-# (Format 1 states written since then lack "initial_hidden", which the seed regenerates; those
-# that have it still load.)
-STATE_FORMAT = 1
+# The version of ``Trial.state_dict()``'s layout, and those this version reads; a checkpoint
+# of another one is refused with a clear message. Format 2 leaves out "initial_hidden" (the
+# seed regenerates W1(0)); format 1 states hold it, and still load. (An xmem that reads only
+# format 1 refuses format 2 by its number instead of failing on the missing key.)
+STATE_FORMAT = 2
+READABLE_STATE_FORMATS = (1, 2)
 HASH_CHUNK_BYTES = 1 << 20  # the state file is hashed 1 MiB at a time
 
 
@@ -197,9 +199,10 @@ def check_state_fits(state: dict[str, Any], config: TrialConfig) -> None:
     Raises:
         XmemError: another state format, or a config that differs in a result-changing key.
     """
-    if state.get("format") != STATE_FORMAT:
-        raise XmemError(f"checkpoint format {state.get('format')!r} is not {STATE_FORMAT}; "
-                        "it was written by another xmem version: restart the trial from scratch")
+    if state.get("format") not in READABLE_STATE_FORMATS:
+        raise XmemError(f"checkpoint format {state.get('format')!r} is not one this xmem reads "
+                        f"({', '.join(map(str, READABLE_STATE_FORMATS))}); it was written by another "
+                        "xmem version: restart the trial from scratch")
     saved = TrialConfig.from_mapping(state["config"], source="checkpoint").identity()
     current = config.identity()
     ignored = ("device", *DATA_LOCATION_KEYS)
