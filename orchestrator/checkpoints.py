@@ -30,8 +30,9 @@ other failure to read the storage (expired S3 credentials, a stale NFS mount) ra
 
 ``prune_checkpoints`` removes, at the end of each invocation, every checkpoint that no run
 needs: those of trials whose run ended with a result, those of runs that are not the trial's,
-torn ones, and all but the newest two complete ones of every other trial; then checkpoint and
-pack folders left without checkpoints.
+torn ones, and all but the newest two complete ones of every other trial (the newer of the two
+is the newest whose hash matches; the older is checked by size); then checkpoint and pack
+folders left without checkpoints.
 """
 
 from __future__ import annotations
@@ -238,11 +239,14 @@ def prune_checkpoints(storage: str, sweep_name: str, run_ids: Mapping[str, set[s
     result = PruneResult()
     for checkpoints in keepers.values():
         checkpoints.sort(key=lambda c: (c.epoch, c.path), reverse=True)
-        good = 0
+        good, verified = 0, False
         for checkpoint in checkpoints:
-            # Hashes lazily, newest first: the two kept must be loadable ones.
-            if good < keep and store.hash_matches(checkpoint):
-                good += 1
+            # Newest first, hashed until one matches: the one a resume starts from is sound.
+            # The older ones kept are only its fallbacks, checked by size (hashing every one
+            # of a large interrupted sweep would read gigabytes); their hash is checked when
+            # they are needed.
+            if good < keep and (verified or store.hash_matches(checkpoint)):
+                good, verified = good + 1, True
             else:
                 doomed.append(checkpoint.location)
         result.kept += good

@@ -244,7 +244,14 @@ def test_a_packs_members_fall_back_together(tmp_path, checkpoints):
 
 # --- pruning --------------------------------------------------------------------------------
 
-def test_prune_keeps_the_newest_two_good_checkpoints_of_unfinished_trials_only(tmp_path, checkpoints):
+def test_prune_keeps_the_newest_two_good_checkpoints_of_unfinished_trials_only(tmp_path, checkpoints,
+                                                                              monkeypatch):
+    from orchestrator import checkpoints as scan
+
+    hashed: list[int] = []
+    hash_matches = scan._Storage.hash_matches
+    monkeypatch.setattr(scan._Storage, "hash_matches",
+                        lambda self, found: hashed.append(found.epoch) or hash_matches(self, found))
     c2, c4 = checkpoints[2], checkpoints[4]
     c3 = TrialCheckpoint("aaa", "run-a", dict(c2.trial_state, epoch=3), [], [])
     c5 = TrialCheckpoint("aaa", "run-a", dict(c4.trial_state, epoch=5), [], [])
@@ -263,6 +270,9 @@ def test_prune_keeps_the_newest_two_good_checkpoints_of_unfinished_trials_only(t
     left = {(f.trial_id, f.epoch) for f in scan_checkpoints(str(tmp_path), "sw")}
     assert left == {("aaa", 4), ("aaa", 3)}
     assert pruned.kept == 2 and pruned.removed == 5
+    # Hashed newest first until one matched (5 is garbled, 4 is sound); 3 kept by its size: one
+    # good hash per unfinished trial, not a read of every checkpoint of an interrupted sweep.
+    assert hashed == [5, 4]
     assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["mine", "p-p1-s1", "p-p1-s2"]
     assert not (tmp_path / "sw" / "p-p1-s1" / "checkpoint_000000").exists()  # emptied: removed
 
