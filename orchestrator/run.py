@@ -277,10 +277,10 @@ def _plan(tracker: "SweepTracker", spec: SweepSpec, spec_path: str, trials: list
     tracker.tag_parent_run({TAG_STORAGE: settings.storage,
                             TAG_SPEC_PATH: str(Path(spec_path).resolve()),
                             TAG_WORKDIR: str(workdir)})
-    runs = tracker.trial_runs()
+    runs, run_ids = tracker.trial_runs_and_run_ids()
     # Hashes are checked only for trials that may resume (a finished one needs no checkpoint).
     unfinished = {t.trial_id for t in trials if not ended_with_result(runs.get(t.trial_id))}
-    checkpoints = resume_candidates(found, tracker.run_ids_by_trial(), unfinished, settings.storage)
+    checkpoints = resume_candidates(found, run_ids, unfinished, settings.storage)
     plan = plan_sweep(trials, runs, checkpoints, restart_failed)
     for line in plan.describe():
         echo(line)

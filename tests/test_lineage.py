@@ -210,3 +210,29 @@ def test_a_resumed_attempt_drops_the_error_of_the_attempt_that_failed(mlflow_ser
     tags = client.get_run(second.run_id).data.tags
     assert second.run_id == run_id and tags[contract.TAG_STATUS] == "finished"
     assert contract.TAG_ERROR not in tags and contract.TAG_ERROR_KIND not in tags
+
+
+def test_a_start_retried_after_a_server_error_counts_the_attempt_once(mlflow_server, client, sweep):
+    """The worker retries ``start`` while the server blips (``_PatientTracking``): the run it
+    opened is kept, so a retry after half the writes went through counts one attempt."""
+    _, run_id = sweep
+    first = _attempt(mlflow_server.uri, run_id, _records()[:2])
+    first.fail("Traceback ...", "RuntimeError: boom", contract.ERROR_CRASH)
+    second = TrialRunLogger(mlflow_server.uri, run_id)
+    second.history = list(first.history)
+    send = second.client.log_batch
+    calls = []
+
+    def blip_once(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise ConnectionError("server away")   # after the error tags were deleted
+        return send(*args, **kwargs)
+
+    second.client.log_batch = blip_once
+    with pytest.raises(ConnectionError):
+        second.start({}, start_epoch=1)
+    second.start({}, start_epoch=1)
+    tags = client.get_run(run_id).data.tags
+    assert second.run_id == run_id and tags[contract.TAG_ATTEMPTS] == "2"
+    assert contract.TAG_ERROR not in tags and tags[contract.TAG_STATUS] == "running"

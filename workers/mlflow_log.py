@@ -133,14 +133,14 @@ class TrialRunLogger:
         """This attempt's number (1 for the first), known after ``start``."""
         self.logged_through: dict[str, int] = {}
         """metric name -> the last step earlier attempts logged (known after ``start``)."""
+        self._opened: "tuple[Run, int] | None" = None
+        """The run ``open`` settled on, and the epoch it was opened for."""
 
-    def start(self, tags: dict[str, str], dataset: "DatasetDescription | None" = None,
-              start_epoch: int = -1) -> None:
-        """Open the attempt: find the trial's current run (``current_run``), move to a new run
-        when this attempt cannot continue its series (``start_epoch``), set it RUNNING, tag
-        it (``xmem.status`` running, this attempt's code version and commit, ``tags``),
-        count the attempt, record ``dataset`` as its dataset input (again on a later attempt:
-        MLflow keeps one), and learn which steps the run already holds (``logged_through``).
+    def open(self, start_epoch: int = -1) -> str:
+        """Settle which run this attempt logs into, and return its id (``run_id``): the
+        trial's current run (``current_run``), or a new one when this attempt cannot continue
+        its series. ``start`` calls it when the caller has not (a pack calls it first, to
+        name one member's run as the holder of its system metrics in the others' tags).
 
         ``start_epoch``: the last epoch this attempt does not compute again, the restored
         state's last evaluated epoch (-1: a start from scratch). One attempt lineage per
@@ -148,14 +148,30 @@ class TrialRunLogger:
         than the checkpoint this one resumes from, or this one starts over), the attempt
         continues in a new run that supersedes the old one (``_supersede``), so no series
         mixes the values of two attempts.
-
-        Call it after restoring ``history`` from a checkpoint: restored epochs the run does
-        not hold yet (a new run, or an attempt that died with its metrics queued) are queued.
         """
         with client_env():
             run = self.current_run()
             if _logged_beyond(run, start_epoch):
                 run = self._supersede(run)
+        self._opened = (run, start_epoch)
+        return self.run_id
+
+    def start(self, tags: dict[str, str], dataset: "DatasetDescription | None" = None,
+              start_epoch: int = -1) -> None:
+        """Begin the attempt in the run ``open`` settled on (opened now if it was not, for
+        ``start_epoch``): set it RUNNING, tag it (``xmem.status`` running, this attempt's
+        code version and commit, ``tags``), count the attempt, record ``dataset`` as its
+        dataset input (again on a later attempt: MLflow keeps one), and learn which steps
+        the run already holds (``logged_through``).
+
+        Call it after restoring ``history`` from a checkpoint: restored epochs the run does
+        not hold yet (a new run, or an attempt that died with its metrics queued) are queued.
+        A retried call (the server failed half-way) counts the attempt once.
+        """
+        if self._opened is None or self._opened[1] != start_epoch:
+            self.open(start_epoch)
+        run = self._opened[0]
+        with client_env():
             self.attempt = (contract.tag_int(run.data.tags, TAG_ATTEMPTS) or 0) + 1
             # MLflow's latest value of a metric is the one at its highest step.
             self.logged_through = {m.key: int(m.step) for m in run.data.to_proto().metrics}
@@ -166,7 +182,11 @@ class TrialRunLogger:
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             for stale in (TAG_ERROR, TAG_ERROR_KIND):  # an earlier attempt's failure is over
                 if stale in run.data.tags:
-                    self.client.delete_tag(self.run_id, stale)
+                    try:
+                        self.client.delete_tag(self.run_id, stale)
+                    except MlflowException as error:  # gone already: a retried start
+                        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                            raise
             tags = {**tags, **attempt_tags(self.attempt, start_epoch),
                     TAG_STATUS: STATUS_RUNNING, TAG_ATTEMPTS: str(self.attempt)}
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

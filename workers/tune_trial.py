@@ -307,21 +307,20 @@ def run_tune_trial(tune_config: dict[str, Any]) -> None:
                 pack.load_member_state(m.trial_id, saved.trial_state)
                 m.logger.history, m.logger.alignment_rows = saved.history, saved.alignment_rows
         # --- MLflow: each member's run (a member that cannot continue its run's series moves
-        # to a new run: workers.mlflow_log), then the pack's system metrics in one of them ---
+        # to a new run: workers.mlflow_log), the pack's system metrics in one of them ---
+        resumed_after = {m.trial_id: int(restored[m.trial_id].trial_state["last_evaluated_epoch"])
+                         if m.trial_id in restored else -1 for m in running}
+        for m in running:
+            m.tracking.call(m.logger.open, resumed_after[m.trial_id])
+        system = PackSystemMetrics(running[0].logger.tracking_uri, [m.logger.run_id for m in running])
         dataset = describe_dataset(pack.config, pack.data)
         tags = {TAG_DEVICE: _device_name(pack.device),
                 TAG_RAY_NODE: ray.get_runtime_context().get_node_id(),
                 TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
                 TAG_START_EPOCH: str(pack.epoch), TAG_PACK: pack_payload.pack_id,
-                TAG_PACK_SIZE: str(len(running))}
+                TAG_PACK_SIZE: str(len(running)), **system.host_tags()}
         for m in running:
-            saved = restored.get(m.trial_id)
-            resumed_after = int(saved.trial_state["last_evaluated_epoch"]) if saved is not None else -1
-            m.tracking.call(m.logger.start, tags, dataset, resumed_after)
-        system = PackSystemMetrics(running[0].logger.tracking_uri, [m.logger.run_id for m in running])
-        if system.host_tags():
-            for m in running:
-                m.tracking.call(m.logger.set_tags, system.host_tags())
+            m.tracking.call(m.logger.start, tags, dataset, resumed_after[m.trial_id])
         system.start()
         _train(pack, {m.trial_id: m for m in running}, attempt_started, system)
     except XmemError as error:

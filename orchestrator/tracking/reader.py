@@ -93,14 +93,16 @@ class SweepReader:
         older attempt's that still exists, whatever its other tags (a superseded run too).
         A checkpoint counts only while its run is one of these (``orchestrator.checkpoints``).
         """
-        found: dict[str, set[str]] = {}
         with read_client_env(), server_errors(self.tracking_uri):
-            runs = self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
-        for run in runs:
-            trial = run.data.tags.get(TAG_TRIAL_ID)
-            if trial:
-                found.setdefault(trial, set()).add(run.info.run_id)
-        return found
+            return _run_ids_by_trial(self._all_trial_runs())
+
+    def trial_runs_and_run_ids(self) -> tuple[dict[str, TrialRecord], dict[str, set[str]]]:
+        """``trial_runs()`` and ``run_ids_by_trial()`` from one search (the resume plan needs
+        both)."""
+        with read_client_env(), server_errors(self.tracking_uri):
+            runs = self._all_trial_runs()
+        return ({run.data.tags[TAG_TRIAL_ID]: _trial_record(run) for run in current_runs(runs)},
+                _run_ids_by_trial(runs))
 
     def trial_records(self) -> list[TrialRecord]:
         """Every trial run of the sweep, in the order the runs were created (the spec's).
@@ -173,8 +175,12 @@ class SweepReader:
     def _trial_run_list(self) -> list[Run]:
         """The sweep's current trial runs: one per trial id, superseded runs left out
         (``current_runs``)."""
-        return current_runs([run for run in self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
-                             if TAG_TRIAL_ID in run.data.tags])
+        return current_runs(self._all_trial_runs())
+
+    def _all_trial_runs(self) -> list[Run]:
+        """Every active trial run, superseded ones included."""
+        return [run for run in self._search(f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+                if TAG_TRIAL_ID in run.data.tags]
 
     def _search(self, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
         runs: list[Run] = []
@@ -197,6 +203,13 @@ def current_runs(runs: list[Run]) -> list[Run]:
     replaced = {run.data.tags[TAG_SUPERSEDES] for run in runs if TAG_SUPERSEDES in run.data.tags}
     return [run for run in runs
             if TAG_SUPERSEDED_BY not in run.data.tags and run.info.run_id not in replaced]
+
+
+def _run_ids_by_trial(runs: list[Run]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for run in runs:
+        found.setdefault(run.data.tags[TAG_TRIAL_ID], set()).add(run.info.run_id)
+    return found
 
 
 def _trial_record(run: Run) -> TrialRecord:
